@@ -1,0 +1,1 @@
+"""draftline.completion: the model side, tokens in and drafts out. Never imports pygls."""

@@ -1,0 +1,250 @@
+"""Decoding k drafts from one prompt cache: greedy, batched ("tree") and superposed.
+
+All methods share one KV cache of batch size 1. The prompt (minus its last token) is in
+slots [0, n-1); the last prompt token is fed at slot n-1 to get the first distribution.
+Draft tokens are written after the prompt and forgotten afterwards (the cache length is
+the prompt's again), so the per-document cache stays the document's.
+
+- `batched`: the k best first tokens start k drafts; each step feeds the k drafts' last
+  tokens as one forward of k rows with a mask that lets row i see the prompt and draft i's
+  own tokens only. On a memory-bound CPU k rows cost about what one row costs.
+- `superposed` (Superposed Decoding): one row per step, whose input is the probability-
+  weighted mix of the k drafts' last-token embeddings; k x 3k candidates scored with the
+  draft probability interpolated with the workspace n-gram model, best k kept.
+
+Guides (token healing, monitors) return a boolean mask over the vocabulary per draft
+and step; masks are AND-ed; a monitor mask that would forbid everything is ignored.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import torch
+
+from .kvcache import Cancelled, DocCache
+from .tokens import Tokenizer
+
+
+class Guide(Protocol):
+    """Something that restricts the next token given the draft text so far."""
+
+    def allowed(self, draft: str) -> torch.Tensor | None: ...
+
+
+class HealGuide:
+    """Token healing: the draft must start with `heal` (text backed off the prompt)."""
+
+    def __init__(self, index: "PieceIndex", heal: str):
+        self.index = index
+        self.heal = heal
+
+    def allowed(self, draft: str) -> torch.Tensor | None:
+        if len(draft) >= len(self.heal):
+            return None
+        return self.index.compatible(self.heal[len(draft):])
+
+
+class PieceIndex:
+    """Token pieces sorted for prefix queries (token healing), built once per tokenizer."""
+
+    def __init__(self, tok: Tokenizer):
+        pieces = tok.pieces
+        self.vocab = len(pieces)
+        order = sorted((p, i) for i, p in enumerate(pieces) if p and i not in tok.special_ids)
+        self.sorted_pieces = [p for p, _ in order]
+        self.sorted_ids = [i for _, i in order]
+        self.by_piece: dict[str, list[int]] = {}
+        for p, i in order:
+            self.by_piece.setdefault(p, []).append(i)
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def compatible(self, rest: str) -> torch.Tensor:
+        """Tokens whose piece is a prefix of `rest` or starts with `rest`."""
+        m = self._cache.get(rest)
+        if m is not None:
+            return m
+        m = torch.zeros(self.vocab, dtype=torch.bool)
+        ids: list[int] = []
+        for n in range(1, len(rest)):
+            ids.extend(self.by_piece.get(rest[:n], ()))
+        lo = bisect.bisect_left(self.sorted_pieces, rest)
+        hi = bisect.bisect_left(self.sorted_pieces, rest + "\U0010ffff")
+        ids.extend(self.sorted_ids[lo:hi])
+        m[torch.tensor(ids, dtype=torch.long)] = True
+        if len(self._cache) > 4096:
+            self._cache.clear()
+        self._cache[rest] = m
+        return m
+
+
+StopFn = Callable[[str], "int | None"]
+"""stop(draft_text) -> length to cut the draft at when it is complete, else None."""
+
+
+@dataclass
+class Draft:
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""  # concatenated pieces (exact text is decoded at the end)
+    logprob: float = 0.0
+    done: bool = False
+    cut: int | None = None  # where the stop rule cut the text
+
+    def final_text(self, tok: Tokenizer) -> str:
+        t = tok.decode(self.tokens)
+        return t[: self.cut] if self.cut is not None else t
+
+
+@dataclass
+class DecodeStats:
+    steps: int = 0  # forward passes after the prompt
+    tokens: int = 0  # tokens generated over all drafts
+    ms: float = 0.0
+    first_ms: float = 0.0
+
+
+@dataclass
+class DecodeSpec:
+    k: int = 3
+    max_tokens: int = 48
+    stop: StopFn | None = None
+    guides: list[Guide] = field(default_factory=list)
+    heal: HealGuide | None = None
+    cancel: threading.Event | None = None
+    method: str = "batched"  # "greedy" (k=1), "batched", "superposed", "sequential", "beam"
+    ngram: object | None = None  # completion.ngram.NGram for superposed scoring
+    alpha: float = 0.54
+
+
+def _mask_for(spec: DecodeSpec, draft: str) -> torch.Tensor | None:
+    """AND of every guide's mask for this draft; healing always applies, a monitor mask that
+    leaves nothing allowed is dropped (analysis must never block all continuations)."""
+    heal = spec.heal.allowed(draft) if spec.heal is not None else None
+    mon: torch.Tensor | None = None
+    for g in spec.guides:
+        m = g.allowed(draft)
+        if m is not None:
+            mon = m if mon is None else (mon & m)
+    if mon is not None:
+        both = mon if heal is None else (mon & heal)
+        if bool(both.any()):
+            return both
+    return heal
+
+
+def _apply(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is None:
+        return logits
+    return logits.masked_fill(~mask, float("-inf"))
+
+
+def _check_cancel(spec: DecodeSpec) -> None:
+    if spec.cancel is not None and spec.cancel.is_set():
+        raise Cancelled()
+
+
+def _extend(d: Draft, tok_id: int, lp: float, tok: Tokenizer, spec: DecodeSpec) -> None:
+    d.tokens.append(tok_id)
+    d.logprob += lp
+    if tok_id in tok.stop_ids:
+        d.tokens.pop()
+        d.done = True
+        return
+    d.text += tok.pieces[tok_id]
+    if spec.stop is not None:
+        c = spec.stop(d.text)
+        if c is not None:
+            d.cut = c
+            d.done = True
+            return
+    if len(d.tokens) >= spec.max_tokens:
+        d.done = True
+
+
+def _first_logits(cache: DocCache, prompt: list[int]) -> torch.Tensor:
+    n = len(prompt)
+    cache.reserve(n)
+    return cache.net.forward(torch.tensor([prompt[-1]]), torch.tensor([n - 1]), cache.k, cache.v, n - 1)[0]
+
+
+def decode(cache: DocCache, prompt: list[int], tok: Tokenizer, spec: DecodeSpec) -> tuple[list[Draft], DecodeStats]:
+    """Generate drafts after `prompt`; the cache must hold prompt[:-1] (see module doc)."""
+    assert cache.tokens == prompt[:-1], "cache not synced to the prompt"
+    t0 = time.perf_counter()
+    st = DecodeStats()
+    n = len(prompt)
+    cache.reserve(n + spec.max_tokens * max(1, spec.k) + 1)
+    with cache.lock:
+        logits = _first_logits(cache, prompt)
+        st.first_ms = (time.perf_counter() - t0) * 1000
+        method = spec.method if spec.k > 1 else "greedy"
+        if method in ("greedy", "batched"):
+            drafts = _batched(cache, n, logits, tok, spec, st, k=1 if method == "greedy" else spec.k)
+        elif method == "superposed":
+            from .superposed import superposed
+
+            drafts = superposed(cache, n, logits, tok, spec, st)
+        elif method == "sequential":
+            drafts = []
+            for _ in range(spec.k):
+                drafts += _batched(cache, n, logits, tok, spec, st, k=1, sample=True)
+        else:
+            raise ValueError(f"unknown decode method {spec.method!r}")
+        # forget the draft tokens: slots past the prompt are scratch space
+    st.ms = (time.perf_counter() - t0) * 1000
+    return drafts, st
+
+
+def _batched(cache: DocCache, n: int, logits: torch.Tensor, tok: Tokenizer, spec: DecodeSpec,
+             st: DecodeStats, k: int, sample: bool = False) -> list[Draft]:
+    """k drafts from the k best first tokens, then greedy (or sampled) per draft, advanced
+    together one forward per step (see module doc)."""
+    net = cache.net
+    lp0 = torch.log_softmax(_apply(logits, _mask_for(spec, "")), -1)
+    if sample:
+        first = torch.multinomial(lp0.exp(), 1)
+    else:
+        first = torch.topk(lp0, k).indices
+    drafts: list[Draft] = []
+    for t in first.tolist():
+        if lp0[t] == float("-inf"):
+            continue
+        d = Draft()
+        _extend(d, t, float(lp0[t]), tok, spec)
+        drafts.append(d)
+    slots_of: list[list[int]] = [[] for _ in drafts]  # scratch slots holding draft i's tokens
+    nxt = n  # next free slot
+    step = 0
+    while True:
+        active = [i for i, d in enumerate(drafts) if not d.done]
+        if not active:
+            break
+        _check_cancel(spec)
+        T = len(active)
+        for r, i in enumerate(active):
+            slots_of[i].append(nxt + r)
+        S = nxt + T
+        mask = None
+        if len(drafts) > 1:
+            mask = torch.zeros(T, S, dtype=torch.bool)
+            mask[:, :n] = True
+            for r, i in enumerate(active):
+                mask[r, slots_of[i]] = True
+        ids = torch.tensor([drafts[i].tokens[-1] for i in active])
+        pos = torch.full((T,), n + step, dtype=torch.long)
+        out = net.forward(ids, pos, cache.k, cache.v, nxt, mask=mask, logits_rows=slice(None))
+        nxt = S
+        step += 1
+        st.steps += 1
+        for r, i in enumerate(active):
+            d = drafts[i]
+            lp = torch.log_softmax(_apply(out[r], _mask_for(spec, d.text)), -1)
+            t = int(torch.multinomial(lp.exp(), 1)) if sample else int(lp.argmax())
+            _extend(d, t, float(lp[t]), tok, spec)
+    st.tokens += sum(len(d.tokens) for d in drafts)
+    return drafts
+

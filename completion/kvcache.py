@@ -1,0 +1,308 @@
+"""Per-document KV cache kept in step with the document by Positional Integrity Encoding.
+
+`DocCache.sync(new_tokens)` turns the cached prompt into the new one with the least work:
+the common prefix stays bitwise as it is; token runs that survive the edit are moved to their
+new slots and their keys re-rotated by R(d) (values do not depend on position); only
+inserted or changed tokens (widened by a token or two: BPE boundaries and the tokens right
+next to an edit are the ones whose context changed most) go through the model, attending to
+the cache before them with their true positions. Tokens after an edit keep K/V computed
+against the old context: that is PIE's approximation, tracked as `stale` and removed by
+`refresh()` (exact re-encoding of the stale tail) when the editor is idle.
+
+Slot i always holds the prompt token at position i, so draft tokens can be appended after
+the prompt and dropped again without touching the prompt.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+
+from .rope import shift_keys
+from .transformer import Transformer
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256  # prefill chunk: bounds the latency of one uninterruptible forward
+
+
+class Cancelled(Exception):
+    """A newer edit or request superseded this work."""
+
+
+@dataclass(frozen=True)
+class Block:
+    """A run of tokens that survives an edit: old slots [old, old+size) -> [new, new+size)."""
+
+    old: int
+    new: int
+    size: int
+
+    @property
+    def shift(self) -> int:
+        return self.new - self.old
+
+
+@dataclass
+class SyncStats:
+    mode: str  # "noop" | "pie" | "conflict-fast" | "full" | "exact-fallback"
+    kept: int = 0  # tokens reused without moving
+    moved: int = 0  # tokens reused and re-rotated
+    computed: int = 0  # tokens run through the model
+    dropped: int = 0
+    ms: float = 0.0
+    stale: int = 0  # tokens whose K/V were computed against text that has since changed
+
+
+def plan_blocks(old: list[int], new: list[int], min_run: int = 4) -> list[Block]:
+    """Matching token runs between the cached and the new prompt, in order.
+
+    Common prefix and suffix first (the usual single edit), then the matching runs of the
+    middle for multi-place edits; runs shorter than `min_run` are cheaper to recompute.
+    """
+    n, m = len(old), len(new)
+    p = 0
+    lim = min(n, m)
+    while p < lim and old[p] == new[p]:
+        p += 1
+    s = 0
+    while s < lim - p and old[n - 1 - s] == new[m - 1 - s]:
+        s += 1
+    blocks: list[Block] = [Block(0, 0, p)] if p else []
+    a, b = old[p : n - s], new[p : m - s]
+    if a and b:
+        sm = difflib.SequenceMatcher(None, a, b, autojunk=len(a) > 200)
+        for i, j, size in sm.get_matching_blocks():
+            if size >= min_run:
+                blocks.append(Block(p + i, p + j, size))
+    if s:
+        blocks.append(Block(n - s, m - s, s))
+    return blocks
+
+
+def widen(blocks: list[Block], widen_by: int) -> list[Block]:
+    """Shrink every block by `widen_by` tokens next to each recomputed gap (never the
+    start of the prefix block nor the end of the text), so the tokens right at an edit
+    boundary get recomputed with the new context."""
+    out: list[Block] = []
+    for i, bl in enumerate(blocks):
+        cut_left = widen_by if (bl.new > 0 and (i == 0 or blocks[i - 1].new + blocks[i - 1].size < bl.new)) else 0
+        nxt = blocks[i + 1] if i + 1 < len(blocks) else None
+        gap_right = nxt is None or bl.new + bl.size < nxt.new
+        cut_right = widen_by if gap_right else 0
+        size = bl.size - cut_left - cut_right
+        if size > 0:
+            out.append(Block(bl.old + cut_left, bl.new + cut_left, size))
+    return out
+
+
+class DocCache:
+    """One document's prompt tokens and their K/V, all layers in two tensors."""
+
+    def __init__(self, net: Transformer, capacity: int = 0):
+        self.net = net
+        self.tokens: list[int] = []
+        self.k, self.v = net.new_cache(max(capacity, CHUNK))
+        self.exact = 0  # tokens [0, exact) carry exactly computed K/V
+        self.lock = threading.Lock()
+
+    # -- bookkeeping ---------------------------------------------------------------------
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[2]
+
+    @property
+    def stale(self) -> int:
+        return len(self.tokens) - self.exact
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes
+
+    def reserve(self, n: int) -> None:
+        """Make room for n slots (prompt + draft tokens); grows in whole chunks."""
+        if n <= self.capacity:
+            return
+        cap = ((n + CHUNK - 1) // CHUNK) * CHUNK
+        k, v = self.net.new_cache(cap)
+        used = len(self.tokens)
+        k[:, :, :used] = self.k[:, :, :used]
+        v[:, :, :used] = self.v[:, :, :used]
+        self.k, self.v = k, v
+
+    def shrink(self, extra: int) -> None:
+        """Give back capacity beyond the prompt plus `extra` slots (after a big deletion)."""
+        want = ((len(self.tokens) + extra + CHUNK - 1) // CHUNK) * CHUNK
+        if self.capacity > 2 * want:
+            k, v = self.net.new_cache(want)
+            used = len(self.tokens)
+            k[:, :, :used] = self.k[:, :, :used]
+            v[:, :, :used] = self.v[:, :, :used]
+            self.k, self.v = k, v
+
+    # -- model work ----------------------------------------------------------------------
+    def encode(self, tokens: list[int], a: int, b: int, cancel: threading.Event | None = None,
+               on_chunk=None) -> None:
+        """Run tokens[a:b] at slots/positions [a, b), attending to slots [0, b), in chunks."""
+        i = a
+        while i < b:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
+            j = min(b, i + CHUNK)
+            ids = torch.tensor(tokens[i:j], dtype=torch.long)
+            pos = torch.arange(i, j)
+            self.net.forward(ids, pos, self.k, self.v, i, logits_rows=None)
+            i = j
+            if on_chunk is not None:
+                on_chunk(i)
+
+    def sync(self, new: list[int], mode: str = "pie", cancel: threading.Event | None = None,
+             widen_by: int = 1, extra: int = 0) -> SyncStats:
+        """Make the cache hold `new` (see module doc). mode: "pie", "conflict-fast", "full".
+
+        On cancellation between chunks the cache stays consistent: it then holds a prefix of
+        `new` (everything computed so far), never a mix of old and new slots.
+        """
+        t0 = time.perf_counter()
+        with self.lock:
+            old = self.tokens
+            if old == new:
+                return SyncStats("noop", kept=len(new), stale=self.stale)
+            self.reserve(len(new) + extra)
+            if mode == "full":
+                return self._recompute_from(0, new, t0, "full", cancel)
+            blocks = plan_blocks(old, new)
+            if mode == "pie" and not self.net.rope.shiftable:
+                # length-dependent rope: only an untouched prefix is reusable exactly
+                p = blocks[0].size if blocks and blocks[0].old == 0 and blocks[0].new == 0 else 0
+                return self._recompute_from(p, new, t0, "exact-fallback", cancel)
+            blocks = widen(blocks, widen_by)
+            return self._apply(old, new, blocks, rotate=(mode == "pie"), t0=t0, cancel=cancel, mode=mode)
+
+    def _recompute_from(self, p: int, new: list[int], t0: float, mode: str,
+                        cancel: threading.Event | None) -> SyncStats:
+        dropped = max(0, len(self.tokens) - p)
+        self.tokens = new[:p]
+        self.exact = min(self.exact, p)
+        self._encode_tracked(new, p, len(new), cancel)
+        return SyncStats(mode, kept=p, computed=len(new) - p, dropped=dropped,
+                         ms=(time.perf_counter() - t0) * 1000, stale=self.stale)
+
+    def _encode_tracked(self, new: list[int], a: int, b: int, cancel) -> None:
+        """Encode new[a:b] appending to self.tokens chunk by chunk (so a cancel leaves a
+        consistent prefix). Only valid when self.tokens == new[:a]."""
+        exact_before = self.exact == a
+
+        def done(i: int) -> None:
+            self.tokens = new[:i]
+            if exact_before:
+                self.exact = i
+
+        self.encode(new, a, b, cancel, on_chunk=done)
+
+    def _apply(self, old: list[int], new: list[int], blocks: list[Block], rotate: bool,
+               t0: float, cancel: threading.Event | None, mode: str) -> SyncStats:
+        K, V = self.k, self.v
+        rope = self.net.rope
+        kept = moved = 0
+        # 1) move surviving runs: left moves ascending, then right moves descending (no
+        #    move overwrites a source that has not been read yet; see module doc)
+        left = [b for b in blocks if b.shift < 0]
+        right = [b for b in blocks if b.shift > 0]
+        for b in left + right[::-1]:
+            src = slice(b.old, b.old + b.size)
+            dst = slice(b.new, b.new + b.size)
+            ks = K[:, :, src]
+            K[:, :, dst] = shift_keys(ks, b.shift, rope) if rotate else ks.clone()
+            V[:, :, dst] = V[:, :, src].clone()
+            moved += b.size
+        kept = sum(b.size for b in blocks if b.shift == 0)
+        # 2) exactness: a kept run stays exact only if nothing before it changed
+        first_gap = blocks[0].size if blocks and blocks[0].new == 0 and blocks[0].old == 0 else 0
+        exact = min(self.exact, first_gap)
+        # 3) compute the gaps in order, each attending to everything placed before it
+        gaps: list[tuple[int, int]] = []
+        pos = 0
+        for b in blocks:
+            if b.new > pos:
+                gaps.append((pos, b.new))
+            pos = b.new + b.size
+        if pos < len(new):
+            gaps.append((pos, len(new)))
+        computed = 0
+        self.tokens = new  # slots now hold `new` except the gaps, which we fill next
+        try:
+            for a, b in gaps:
+                self.encode(new, a, b, cancel)
+                computed += b - a
+                if exact == a:
+                    exact = b
+        except Cancelled:
+            # gaps not yet computed hold garbage: keep only the consistent prefix
+            self.tokens = new[:a]
+            self.exact = min(exact, a)
+            raise
+        self.exact = exact
+        return SyncStats(mode, kept=kept, moved=moved, computed=computed,
+                         dropped=len(old) - kept - moved, ms=(time.perf_counter() - t0) * 1000,
+                         stale=self.stale)
+
+    def refresh(self, cancel: threading.Event | None = None) -> int:
+        """Re-encode the stale tail exactly, chunk by chunk; returns tokens recomputed.
+
+        A cancel between chunks keeps what is done: `exact` only ever grows here.
+        """
+        with self.lock:
+            a, b = self.exact, len(self.tokens)
+            if a >= b:
+                return 0
+            toks = self.tokens
+
+            def done(i: int) -> None:
+                self.exact = i
+
+            self.encode(toks, a, b, cancel, on_chunk=done)
+            return b - a
+
+
+@dataclass
+class CacheStore:
+    """Caches of all open documents under one byte budget, least recently used evicted."""
+
+    net: Transformer
+    budget_bytes: int
+    caches: "OrderedDict[str, DocCache]" = field(default_factory=OrderedDict)
+
+    def get(self, doc: str) -> DocCache:
+        c = self.caches.get(doc)
+        if c is None:
+            c = DocCache(self.net)
+            self.caches[doc] = c
+        self.caches.move_to_end(doc)
+        return c
+
+    def drop(self, doc: str) -> None:
+        self.caches.pop(doc, None)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self.caches.values())
+
+    def enforce(self, keep: str | None = None) -> list[str]:
+        """Evict least recently used caches until under budget; never `keep`."""
+        evicted = []
+        for doc in list(self.caches):
+            if self.nbytes <= self.budget_bytes:
+                break
+            if doc == keep:
+                continue
+            del self.caches[doc]
+            evicted.append(doc)
+            log.info("evicted KV cache of %s (budget %d bytes)", doc, self.budget_bytes)
+        return evicted

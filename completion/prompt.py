@@ -1,0 +1,75 @@
+"""Document + cursor -> prompt tokens, with token healing and a context budget.
+
+Token healing (DESIGN section 4): the cursor is rarely on a token boundary the model saw in
+training (a newline merges with the indentation after it, a word with the space before it).
+So the prompt stops *before* the token(s) at the cursor and the first generated tokens are
+constrained to re-type the removed text (`heal`). Without it SmolLM2 answers a cursor after
+indentation with empty drafts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .tokens import TokenizedText, Tokenizer
+
+WINDOW_STEP = 128  # the context window start moves in steps, so typing rarely shifts it
+
+
+@dataclass(frozen=True)
+class Prompt:
+    tokens: list[int]  # everything the model reads; the last one is fed with the request
+    heal: str  # text between the prompt's end and the cursor; drafts must start with it
+    prefix: str  # document text before the cursor
+    suffix: str  # document text after the cursor
+    window_start: int  # index of the first document token in the prompt
+    fim: bool
+
+
+def _is_space(s: str) -> bool:
+    return s != "" and s.isspace()
+
+
+def heal_start(tt: TokenizedText, cursor: int, max_back: int = 3) -> int:
+    """Index of the first token to back off: the token at the cursor, plus the whitespace
+    tokens right before it (up to `max_back` in all)."""
+    idx = tt.token_at_or_after(cursor)  # first token starting at/after the cursor
+    if idx == 0:
+        return 0
+    j = idx - 1  # the last token starting before the cursor (may straddle it)
+    while j > 0 and idx - j < max_back and _is_space(tt.text[tt.starts[j - 1] : tt.starts[j]]):
+        j -= 1
+    return j
+
+
+def build_prompt(tt: TokenizedText, cursor: int, tok: Tokenizer, budget: int,
+                 suffix_budget: int = 0, use_fim: bool = True, heal: bool = True) -> Prompt:
+    """The prompt for a cursor at character offset `cursor` of `tt.text`."""
+    text = tt.text
+    j = heal_start(tt, cursor) if heal else tt.token_at_or_after(cursor)
+    heal_text = text[tt.starts[j] : cursor] if j < len(tt.starts) and heal else ""
+    fim = tok.fim if use_fim else None
+    room = budget - 3 - (suffix_budget if fim else 0)
+    w = 0
+    if j > room:
+        w = ((j - room) // WINDOW_STEP + 1) * WINDOW_STEP
+        w = min(w, j)
+    body = tt.ids[w:j]
+    suffix = text[cursor:]
+    if fim is not None:
+        suf_ids = tok.encode(suffix[: suffix_budget * 8])[:suffix_budget] if suffix_budget else []
+        tokens = [fim.prefix] + body + [fim.suffix] + suf_ids + [fim.middle]
+    else:
+        tokens = body
+        if not tokens:
+            # an empty prompt has no token to feed: start like a new document
+            tokens = [_doc_start(tok)]
+    return Prompt(tokens, heal_text, text[:cursor], suffix, w, fim is not None)
+
+
+def _doc_start(tok: Tokenizer) -> int:
+    for name in ("<|endoftext|>", "<s>", "<|begin_of_text|>", "<｜begin▁of▁sentence｜>"):
+        i = tok.tok.token_to_id(name)
+        if i is not None:
+            return i
+    return min(tok.stop_ids) if tok.stop_ids else 0

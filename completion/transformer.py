@@ -1,0 +1,274 @@
+"""A rotary decoder (Llama / Mistral / Qwen2 families) written for batch-size-1 serving.
+
+Why not the transformers module: the per-document KV cache must be one explicit tensor
+per document that PIE re-rotates in place, decode steps must feed several draft tokens (or
+a superposed embedding) with an arbitrary attention mask over one shared cache, and the
+per-step Python overhead must stay near zero on a 2-core CPU. The math is the HF Llama
+forward (rotate_half rope, RMSNorm, SwiGLU, GQA); tests compare logits with transformers.
+
+Cache layout: `k[layer]`/`v[layer]` are [n_kv_heads, capacity, head_dim]; slot i holds the
+token at position i of the document prompt (PIE keeps it that way), draft tokens go after.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .rope import Rope, apply_rotary, rope_from_config
+
+SUPPORTED_ARCHS = {"llama", "mistral", "qwen2"}
+
+
+class ArchitectureError(ValueError):
+    """The model's architecture is not one draftline can run."""
+
+
+@dataclass
+class ModelConfig:
+    """The shape of a rotary decoder, read from a HF config.json dict."""
+
+    model_type: str
+    vocab_size: int
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    intermediate: int
+    norm_eps: float
+    max_positions: int
+    tie_embeddings: bool
+    attention_bias: bool
+    sliding_window: int | None
+    bos_token_id: int | None
+    eos_token_ids: tuple[int, ...]
+    raw: dict[str, Any]
+
+    @classmethod
+    def from_hf(cls, cfg: dict[str, Any]) -> "ModelConfig":
+        mt = cfg.get("model_type", "")
+        if mt not in SUPPORTED_ARCHS:
+            raise ArchitectureError(
+                f"model_type {mt!r} is not supported (supported: {', '.join(sorted(SUPPORTED_ARCHS))})"
+            )
+        n_heads = int(cfg["num_attention_heads"])
+        dim = int(cfg["hidden_size"])
+        head_dim = int(cfg.get("head_dim") or dim // n_heads)
+        sw = cfg.get("sliding_window")
+        if mt == "qwen2" and not cfg.get("use_sliding_window", False):
+            sw = None
+        eos = cfg.get("eos_token_id")
+        eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
+        return cls(
+            model_type=mt,
+            vocab_size=int(cfg["vocab_size"]),
+            dim=dim,
+            n_layers=int(cfg["num_hidden_layers"]),
+            n_heads=n_heads,
+            n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads),
+            head_dim=head_dim,
+            intermediate=int(cfg["intermediate_size"]),
+            norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            max_positions=int(cfg.get("max_position_embeddings", 4096)),
+            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            attention_bias=bool(cfg.get("attention_bias", mt == "qwen2")),
+            sliding_window=int(sw) if sw else None,
+            bos_token_id=cfg.get("bos_token_id"),
+            eos_token_ids=eos_ids,
+            raw=cfg,
+        )
+
+
+class Linear:
+    """y = x W^T (+ b) with fp weights; `Int8Linear` replaces it when quantized."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        self.weight = weight
+        self.bias = bias
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == 1:
+            return F.linear(x, self.weight, self.bias)
+        # several rows: W @ x^T is measured 1.2-6x faster than F.linear here (MKL packs the
+        # small operand instead of the weight matrix)
+        y = torch.mm(self.weight, x.t()).t()
+        return y + self.bias if self.bias is not None else y
+
+    @property
+    def nbytes(self) -> int:
+        n = self.weight.numel() * self.weight.element_size()
+        return n + (self.bias.numel() * self.bias.element_size() if self.bias is not None else 0)
+
+
+class Int8Linear:
+    """Weight-only int8, one scale per output channel: a quarter of fp32's bytes to read.
+
+    Uses ATen's CPU kernel `_weight_int8pack_mm` (dequantizes on the fly inside the matmul).
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        w = weight.float()
+        scale = w.abs().amax(dim=1).clamp(min=1e-8) / 127.0
+        self.qweight = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
+        self.scale = scale.to(torch.float32).contiguous()
+        self.bias = bias
+        self.out_features = w.shape[0]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        shp = x.shape
+        x2 = x.reshape(-1, shp[-1])
+        y = torch._weight_int8pack_mm(x2.float(), self.qweight, self.scale)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*shp[:-1], self.out_features).to(x.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return self.qweight.numel() + self.scale.numel() * 4
+
+
+@dataclass
+class Layer:
+    attn_norm: torch.Tensor
+    wqkv: Linear | Int8Linear
+    wo: Linear | Int8Linear
+    ffn_norm: torch.Tensor
+    w13: Linear | Int8Linear  # gate and up fused
+    w2: Linear | Int8Linear
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return w * xf.to(x.dtype)
+
+
+class Transformer:
+    """The network. Holds weights only; caches are passed in (one per document)."""
+
+    def __init__(self, cfg: ModelConfig, state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32):
+        self.cfg = cfg
+        self.dtype = dtype
+        self.rope: Rope = rope_from_config(cfg.raw, cfg.head_dim)
+        g = lambda k: state[k].to(dtype)  # noqa: E731
+        self.embed = g("model.embed_tokens.weight")
+        head = state.get("lm_head.weight")
+        self.lm_head = Linear(self.embed if (head is None or cfg.tie_embeddings) else head.to(dtype))
+        self.norm = g("model.norm.weight")
+        self.layers: list[Layer] = []
+        for i in range(cfg.n_layers):
+            p = f"model.layers.{i}."
+            a = p + "self_attn."
+            wqkv = torch.cat([g(a + "q_proj.weight"), g(a + "k_proj.weight"), g(a + "v_proj.weight")])
+            bqkv = None
+            if (a + "q_proj.bias") in state:
+                bqkv = torch.cat([g(a + "q_proj.bias"), g(a + "k_proj.bias"), g(a + "v_proj.bias")])
+            w13 = torch.cat([g(p + "mlp.gate_proj.weight"), g(p + "mlp.up_proj.weight")])
+            self.layers.append(
+                Layer(
+                    attn_norm=g(p + "input_layernorm.weight"),
+                    wqkv=Linear(wqkv, bqkv),
+                    wo=Linear(g(a + "o_proj.weight")),
+                    ffn_norm=g(p + "post_attention_layernorm.weight"),
+                    w13=Linear(w13),
+                    w2=Linear(g(p + "mlp.down_proj.weight")),
+                )
+            )
+        self.quantized = False
+
+    # -- weights -----------------------------------------------------------------------
+    def quantize_int8(self) -> None:
+        """Swap every projection (and the lm_head) for weight-only int8."""
+        for L in self.layers:
+            for name in ("wqkv", "wo", "w13", "w2"):
+                lin = getattr(L, name)
+                setattr(L, name, Int8Linear(lin.weight, lin.bias))
+        self.lm_head = Int8Linear(self.lm_head.weight)
+        self.quantized = True
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of weights read by one decode step (the embedding row read is negligible)."""
+        n = self.lm_head.nbytes + self.norm.numel() * self.norm.element_size()
+        for L in self.layers:
+            n += sum(x.nbytes for x in (L.wqkv, L.wo, L.w13, L.w2))
+            n += (L.attn_norm.numel() + L.ffn_norm.numel()) * L.attn_norm.element_size()
+        return n
+
+    @property
+    def param_bytes(self) -> int:
+        """Bytes of all weights held in memory (embedding included when untied)."""
+        extra = 0 if self.lm_head.__class__ is Linear and self.lm_head.weight is self.embed else self.embed.nbytes
+        return self.weight_bytes + extra
+
+    # -- forward -----------------------------------------------------------------------
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.embed)
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        start: int,
+        mask: torch.Tensor | None = None,
+        logits_rows: slice | torch.Tensor | None = slice(-1, None),
+    ) -> torch.Tensor | None:
+        """Run T inputs written at cache slots [start, start+T).
+
+        x: token ids [T] (long) or embeddings [T, dim]. positions: [T] rotary positions.
+        k_cache/v_cache: [n_layers, n_kv, capacity, head_dim]. Attention covers slots
+        [0, start+T); `mask` [T, start+T] (True = attend) or None for causal.
+        Returns logits (fp32) for `logits_rows` of the T outputs, or None if it is None.
+        """
+        cfg = self.cfg
+        h = self.embed_tokens(x) if x.dtype == torch.long else x.to(self.dtype)
+        T = h.shape[0]
+        S = start + T
+        if mask is None and T > 1:
+            mask = torch.ones(T, S, dtype=torch.bool).tril(diagonal=start)
+        cos, sin = self.rope.cos_sin(positions)
+        cos, sin = cos.to(self.dtype), sin.to(self.dtype)
+        nh, nkv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        qd, kd = nh * hd, nkv * hd
+        for li, L in enumerate(self.layers):
+            a = rms_norm(h, L.attn_norm, cfg.norm_eps)
+            qkv = L.wqkv(a)
+            q = qkv[:, :qd].view(T, nh, hd).transpose(0, 1)
+            k = qkv[:, qd : qd + kd].view(T, nkv, hd).transpose(0, 1)
+            v = qkv[:, qd + kd :].view(T, nkv, hd).transpose(0, 1)
+            q = apply_rotary(q, cos, sin)
+            k = apply_rotary(k, cos, sin)
+            k_cache[li, :, start:S] = k
+            v_cache[li, :, start:S] = v
+            o = F.scaled_dot_product_attention(
+                q.unsqueeze(0),
+                k_cache[li, :, :S].unsqueeze(0),
+                v_cache[li, :, :S].unsqueeze(0),
+                attn_mask=mask,
+                enable_gqa=nh != nkv,
+            )
+            h = h + L.wo(o[0].transpose(0, 1).reshape(T, qd))
+            m = rms_norm(h, L.ffn_norm, cfg.norm_eps)
+            gu = L.w13(m)
+            inter = gu.shape[-1] // 2
+            h = h + L.w2(F.silu(gu[:, :inter]) * gu[:, inter:])
+        if logits_rows is None:
+            return None
+        out = rms_norm(h[logits_rows], self.norm, cfg.norm_eps)
+        return self.lm_head(out).float()
+
+    def new_cache(self, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.cfg
+        shape = (c.n_layers, c.n_kv_heads, capacity, c.head_dim)
+        return torch.zeros(shape, dtype=self.dtype), torch.zeros(shape, dtype=self.dtype)
+
+    def cache_bytes_per_token(self) -> int:
+        c = self.cfg
+        return 2 * c.n_layers * c.n_kv_heads * c.head_dim * torch.finfo(self.dtype).bits // 8

@@ -1,0 +1,1 @@
+"""draftline.lsp: the protocol edge (pygls server, documents, scheduler, CLI)."""

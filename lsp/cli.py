@@ -1,0 +1,177 @@
+"""`draftline serve | complete | model fetch | model info`.
+
+Nothing heavy is imported at module level: `serve` must move fd 1 away from the protocol
+stream before torch or transformers load (native code can print to fd 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+
+def _protect_stdout():
+    """Duplicate fd 1 for the protocol, then point fd 1 (and sys.stdout) at stderr."""
+    proto = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return proto
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(stream=sys.stderr, level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # pygls logs every message body (code included) at INFO: keep it at WARNING
+    logging.getLogger("pygls").setLevel(logging.WARNING)
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    proto_out = None if a.tcp else _protect_stdout()
+    _logging(a.log_level)
+    from .config import Settings
+    from .server import build_server
+
+    s = Settings()
+    if a.model:
+        s.model = a.model
+    ls = build_server(s, test_mode=a.test_mode)
+    if a.tcp:
+        host, _, port = a.tcp.rpartition(":")
+        ls.start_tcp(host or "127.0.0.1", int(port))
+        return 0
+    from .lifecycle import run_stdio
+
+    return run_stdio(ls, proto_out)
+
+
+def _parse_target(t: str) -> tuple[str, int, int]:
+    path, line, col = t, None, None
+    parts = t.rsplit(":", 2)
+    if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+        path, line, col = parts[0], int(parts[1]), int(parts[2])
+    elif len(parts) >= 2 and parts[-1].isdigit():
+        path, line, col = t.rsplit(":", 1)[0], int(parts[-1]), None
+    if line is None:
+        raise SystemExit("target must be FILE:LINE[:COL] (1-based)")
+    return path, line, col if col is not None else 0
+
+
+def cmd_complete(a: argparse.Namespace) -> int:
+    _logging(a.log_level)
+    path, line, col = _parse_target(a.target)
+    from .documents import lsp_offset
+    from draftline.completion import model as M
+    from draftline.completion.engine import Engine, EngineConfig
+
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        text = raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        print(f"draftline: cannot read {path}: {e}", file=sys.stderr)
+        return 2
+    try:
+        cursor = lsp_offset(text, line - 1, max(0, col - 1) if col else 10**9, "utf-32")
+    except ValueError as e:
+        print(f"draftline: {path}:{line}:{col}: {e}", file=sys.stderr)
+        return 2
+    try:
+        lm = M.load(a.model, quantize=a.quantize)
+    except M.ModelError as e:
+        print(f"draftline: {e}", file=sys.stderr)
+        return 2
+    cfg = EngineConfig(k=a.k, max_tokens=a.max_tokens, method=a.method)
+    eng = Engine(lm, cfg)
+    from .server import make_trim
+    from draftline.completion.guides import monitor_guides
+    from .config import MonitorSettings
+
+    lang = _language_of(path)
+    pr = eng.prompt_for(path, text, cursor)
+    guides = monitor_guides(eng, lang, path, pr, {}, MonitorSettings(enabled=not a.no_monitors))
+    res = eng.complete(path, text, cursor, guides=guides, trim=make_trim(lang))
+    out = res.to_json()
+    out["model_load_ms"] = round(lm.load_ms, 1)
+    if a.json:
+        print(json.dumps(out))
+    else:
+        print(f"# {path}:{line}:{col}  load {lm.load_ms:.0f} ms, sync {res.timings['sync']:.0f} ms, "
+              f"decode {res.timings['decode']:.0f} ms, prompt {res.tokens['prompt']} tokens")
+        for i, d in enumerate(res.drafts):
+            print(f"--- draft {i + 1} (logprob {d.logprob:.2f})")
+            print(d.text)
+    return 0
+
+
+def _language_of(path: str) -> str:
+    ext = os.path.splitext(path)[1].lower()
+    return {".py": "python", ".js": "javascript", ".mjs": "javascript", ".ts": "typescript",
+            ".tsx": "typescriptreact", ".go": "go", ".rs": "rust", ".java": "java", ".c": "c",
+            ".h": "c", ".cc": "cpp", ".cpp": "cpp", ".hpp": "cpp"}.get(ext, "")
+
+
+def cmd_model(a: argparse.Namespace) -> int:
+    _logging(a.log_level)
+    from draftline.completion import model as M
+
+    def progress(msg: str, pct: int) -> None:
+        print(f"[{pct:3d}%] {msg}", file=sys.stderr)
+
+    try:
+        if a.action == "fetch":
+            path = M.fetch_default(progress, force=a.force) if not a.model else M.resolve(a.model, progress)
+            print(path)
+            return 0
+        lm = M.load(a.model, progress=progress, quantize=a.quantize, allow_fetch=True)
+    except M.ModelError as e:
+        print(f"draftline: {e}", file=sys.stderr)
+        return 2
+    info = dict(lm.info)
+    info["load_ms"] = round(lm.load_ms, 1)
+    if a.json:
+        print(json.dumps(info))
+    else:
+        for k, v in info.items():
+            print(f"{k:20s} {v}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="draftline", description="LSP inline code completion from a local model")
+    p.add_argument("--log-level", default=os.environ.get("DRAFTLINE_LOG", "INFO"))
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("serve", help="run the language server (stdio by default)")
+    s.add_argument("--tcp", metavar="HOST:PORT")
+    s.add_argument("--model", help="HF model directory or .gguf file (default: SmolLM2-135M)")
+    s.add_argument("--test-mode", action="store_true", help=argparse.SUPPRESS)
+    s.set_defaults(fn=cmd_serve)
+
+    c = sub.add_parser("complete", help="print drafts for FILE:LINE:COL (1-based), headless")
+    c.add_argument("target")
+    c.add_argument("-k", type=int, default=3)
+    c.add_argument("--max-tokens", type=int, default=48)
+    c.add_argument("--method", default="batched")
+    c.add_argument("--model")
+    c.add_argument("--quantize", default="none")
+    c.add_argument("--no-monitors", action="store_true")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(fn=cmd_complete)
+
+    m = sub.add_parser("model", help="fetch the default model or show what loads")
+    m.add_argument("action", choices=["fetch", "info"])
+    m.add_argument("--model")
+    m.add_argument("--force", action="store_true")
+    m.add_argument("--quantize", default="none")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(fn=cmd_model)
+
+    a = p.parse_args(argv)
+    return a.fn(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

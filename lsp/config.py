@@ -1,0 +1,105 @@
+"""Server settings: one dataclass, read from initializationOptions and
+workspace/didChangeConfiguration (jedi-language-server style).
+
+Trust: `model` (what gets loaded) and `device` count only from the command line and
+initializationOptions, which the editor builds from user-level settings; a workspace's
+didChangeConfiguration cannot switch the model (RELIABILITY threat model)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+TRUSTED_ONLY = {"model", "device", "dtype", "quantize"}
+
+
+@dataclass
+class MonitorSettings:
+    enabled: bool = True
+    members: bool = True
+    names: bool = True
+    kwargs: bool = True
+    modules: bool = True
+    scopes: bool = True
+
+
+@dataclass
+class Settings:
+    model: str | None = None  # None = the default SmolLM2-135M; a HF dir or a .gguf path
+    device: str = "cpu"
+    dtype: str | None = None  # auto: fp32 on CPU, bf16 on CUDA
+    quantize: str = "none"  # "int8": weight-only int8 (see README: slower on this CPU today)
+    drafts: int = 3  # k drafts per request
+    max_tokens: int = 48  # per draft
+    context_tokens: int = 2048
+    debounce_ms: int = 50  # idle time after an edit before the cache is synced
+    idle_refresh_ms: int = 1500  # idle time before the stale cache is re-encoded exactly
+    stale_limit: int = 512
+    cache_budget_mb: int = 4096
+    method: str = "batched"
+    pie: bool = True
+    monitors: MonitorSettings = field(default_factory=MonitorSettings)
+    log_level: str = "INFO"
+
+    def update(self, data: Any, trusted: bool) -> list[str]:
+        """Apply a dict of settings (camelCase or snake_case); returns what was ignored."""
+        ignored: list[str] = []
+        if not isinstance(data, dict):
+            return ignored
+        if "draftline" in data and isinstance(data["draftline"], dict):
+            data = data["draftline"]
+        names = {f.name: f for f in dataclasses.fields(self)}
+        for key, value in data.items():
+            name = _snake(key)
+            if name == "k":
+                name = "drafts"
+            if name not in names:
+                ignored.append(key)
+                continue
+            if name in TRUSTED_ONLY and not trusted:
+                log.warning("setting %r ignored: only user-level settings may choose the model", key)
+                ignored.append(key)
+                continue
+            if name == "monitors":
+                self._monitors(value)
+                continue
+            cur = getattr(self, name)
+            try:
+                if isinstance(cur, bool) or names[name].type == "bool":
+                    value = bool(value)
+                elif isinstance(cur, int):
+                    value = int(value)
+                    if value < 0:
+                        raise ValueError("negative")
+                elif value is not None and not isinstance(value, str):
+                    raise ValueError("expected a string")
+            except (TypeError, ValueError) as e:
+                log.warning("setting %r=%r ignored: %s", key, value, e)
+                ignored.append(key)
+                continue
+            setattr(self, name, value)
+        self.drafts = max(1, min(self.drafts, 8))
+        self.max_tokens = max(1, min(self.max_tokens, 512))
+        return ignored
+
+    def _monitors(self, value: Any) -> None:
+        if isinstance(value, bool):
+            self.monitors.enabled = value
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                if hasattr(self.monitors, _snake(k)):
+                    setattr(self.monitors, _snake(k), bool(v))
+
+
+def _snake(key: str) -> str:
+    out = []
+    for ch in str(key):
+        if ch.isupper():
+            out.append("_" + ch.lower())
+        else:
+            out.append(ch)
+    return "".join(out)

@@ -1,0 +1,430 @@
+"""The pygls language server: one handler per LSP method, each translating types and
+calling into the engine through the scheduler (pygls examples style).
+
+Flow: didChange updates our document store and, after `debounce_ms` of quiet, syncs the
+document's KV cache (PIE) in the worker; inlineCompletion / completion snapshot the text
+before their first await, run the engine in the worker, and answer only if the document
+is still at that version (else an empty result: never a stale edit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+import uuid
+from dataclasses import asdict
+from typing import Any
+
+from lsprotocol import types as T
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
+from pygls.lsp.server import LanguageServer
+from pygls.protocol import LanguageServerProtocol, lsp_method
+
+from draftline.completion.kvcache import Cancelled
+
+from .config import Settings
+from .documents import MAX_DOCUMENT_CHARS, DocumentError, Documents
+from .scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+ACCEPT_COMMAND = "draftline.accept"
+
+
+class ContentModified(JsonRpcException):
+    CODE = -32801
+    MESSAGE = "Content modified"
+
+
+class DraftlineProtocol(LanguageServerProtocol):
+    """pygls' protocol minus its own text-document store: pygls would read unopened files
+    from disk, split lines on U+2028, and raise KeyError popups for unknown URIs. Our
+    handlers keep the documents (lsp/documents.py)."""
+
+    @lsp_method(T.TEXT_DOCUMENT_DID_OPEN)
+    def lsp_text_document__did_open(self, params: T.DidOpenTextDocumentParams):
+        if (h := self.fm.features.get(T.TEXT_DOCUMENT_DID_OPEN)) is not None:
+            yield h, (params,), None
+
+    @lsp_method(T.TEXT_DOCUMENT_DID_CHANGE)
+    def lsp_text_document__did_change(self, params: T.DidChangeTextDocumentParams):
+        if (h := self.fm.features.get(T.TEXT_DOCUMENT_DID_CHANGE)) is not None:
+            yield h, (params,), None
+
+    @lsp_method(T.TEXT_DOCUMENT_DID_CLOSE)
+    def lsp_text_document__did_close(self, params: T.DidCloseTextDocumentParams):
+        if (h := self.fm.features.get(T.TEXT_DOCUMENT_DID_CLOSE)) is not None:
+            yield h, (params,), None
+
+
+class DraftlineServer(LanguageServer):
+    def __init__(self, settings: Settings | None = None, test_mode: bool = False):
+        super().__init__("draftline", VERSION, protocol_cls=DraftlineProtocol,
+                         text_document_sync_kind=T.TextDocumentSyncKind.Incremental)
+        self.settings = settings or Settings()
+        self.test_mode = test_mode
+        self.docs = Documents()
+        self.engine = None  # draftline.completion.engine.Engine once loaded
+        self.model_error: str | None = None
+        self._model_future: asyncio.Future | None = None
+        self._scheduler: Scheduler | None = None
+        self._debounce: dict[str, asyncio.TimerHandle] = {}
+        self._idle: dict[str, asyncio.TimerHandle] = {}
+        self.encoding = "utf-16"
+        self.counters = {"requests": 0, "shown": 0, "accepted": 0, "partially_accepted": 0,
+                         "cancelled": 0, "stale": 0}
+        self.last_items: dict[str, list[str]] = {}
+
+    # -- infrastructure ----------------------------------------------------------------------
+    @property
+    def scheduler(self) -> Scheduler:
+        if self._scheduler is None:
+            self._scheduler = Scheduler(asyncio.get_running_loop())
+        return self._scheduler
+
+    def log_user(self, msg: str, kind: T.MessageType = T.MessageType.Info) -> None:
+        log.info(msg)
+        try:
+            self.window_log_message(T.LogMessageParams(type=kind, message=msg))
+        except Exception:  # no writer yet (tests)
+            pass
+
+    def start_model_load(self) -> asyncio.Future:
+        """Load the model in the worker, reporting work-done progress to the editor."""
+        if self._model_future is not None:
+            return self._model_future
+        loop = asyncio.get_running_loop()
+        token = str(uuid.uuid4())
+        progress_ok = bool(getattr(getattr(self.client_capabilities, "window", None), "work_done_progress", False))
+        if progress_ok:
+            try:
+                self.work_done_progress.create(token)
+                self.work_done_progress.begin(token, T.WorkDoneProgressBegin(
+                    title="draftline: loading model", percentage=0, cancellable=False))
+            except Exception:
+                progress_ok = False
+
+        def progress(msg: str, pct: int) -> None:
+            log.info("model: %s (%d%%)", msg, pct)
+            if progress_ok:
+                loop.call_soon_threadsafe(lambda: self.work_done_progress.report(
+                    token, T.WorkDoneProgressReport(message=msg, percentage=pct)))
+
+        s = self.settings
+
+        def load(cancel: threading.Event):
+            from draftline.completion import model as M
+            from draftline.completion.engine import Engine
+
+            lm = M.load(s.model, progress=progress, dtype=s.dtype, quantize=s.quantize)
+            return Engine(lm, engine_config(s))
+
+        job = self.scheduler.submit(None, "load", load)
+
+        def done(fut: asyncio.Future) -> None:
+            if fut.cancelled():
+                return
+            exc = fut.exception()
+            if exc is not None:
+                self.model_error = f"draftline: model failed to load: {exc}"
+                self.log_user(self.model_error, T.MessageType.Error)
+                try:
+                    self.window_show_message(T.ShowMessageParams(type=T.MessageType.Error, message=self.model_error))
+                except Exception:
+                    pass
+            else:
+                self.engine = fut.result()
+                self.engine.guide_factory = make_guide_factory(self)
+                self.log_user(f"draftline: model ready ({self.engine.lm.info['architecture']}, "
+                              f"{self.engine.lm.load_ms:.0f} ms)")
+            if progress_ok:
+                self.work_done_progress.end(token, T.WorkDoneProgressEnd(
+                    message="ready" if exc is None else "failed"))
+
+        job.future.add_done_callback(done)
+        self._model_future = job.future
+        return job.future
+
+    async def ensure_engine(self):
+        fut = self.start_model_load()
+        try:
+            await asyncio.shield(fut)
+        except Exception:
+            pass
+        if self.engine is None:
+            raise JsonRpcException.from_error(T.ResponseError(code=-32603, message=self.model_error or "model not loaded"))
+        return self.engine
+
+    # -- edits -------------------------------------------------------------------------------
+    def schedule_prepare(self, uri: str) -> None:
+        """Debounced cache sync after an edit, then an idle-time exact refresh."""
+        loop = asyncio.get_running_loop()
+        for table in (self._debounce, self._idle):
+            h = table.pop(uri, None)
+            if h is not None:
+                h.cancel()
+        if self.engine is None:
+            return
+        self.scheduler.cancel_doc(uri, ("prepare", "refresh"))
+        self._debounce[uri] = loop.call_later(self.settings.debounce_ms / 1000, self._prepare_now, uri)
+
+    def _prepare_now(self, uri: str) -> None:
+        self._debounce.pop(uri, None)
+        doc = self.docs.docs.get(uri)
+        eng = self.engine
+        if doc is None or eng is None or doc.binary or len(doc.text) > MAX_DOCUMENT_CHARS:
+            return
+        text = doc.text
+        cursor = doc.last_edit[2] if doc.last_edit else len(text)
+        job = self.scheduler.submit(uri, "prepare", lambda c: eng.prepare(uri, text, cursor, c),
+                                    supersede=("prepare", "refresh"))
+        job.future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        job.future.add_done_callback(lambda f: self._after_prepare(uri))
+
+    def _after_prepare(self, uri: str) -> None:
+        eng = self.engine
+        if eng is None or uri not in self.docs:
+            return
+        delay = 0.0 if eng.needs_refresh(uri) else self.settings.idle_refresh_ms / 1000
+        loop = asyncio.get_running_loop()
+        self._idle[uri] = loop.call_later(delay, self._refresh_now, uri)
+
+    def _refresh_now(self, uri: str) -> None:
+        self._idle.pop(uri, None)
+        eng = self.engine
+        if eng is None or uri not in self.docs:
+            return
+        job = self.scheduler.submit(uri, "refresh", lambda c: eng.refresh(uri, c), supersede=("refresh",))
+        job.future.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    # -- completion --------------------------------------------------------------------------
+    async def drafts(self, uri: str, position: T.Position, k: int | None = None):
+        """Run the engine for a cursor; returns (document snapshot, cursor, drafts) or None
+        when the result would be stale."""
+        self.counters["requests"] += 1
+        try:
+            doc = self.docs.get(uri)
+        except DocumentError as e:
+            raise JsonRpcInvalidParams(str(e)) from e
+        text, version = doc.text, doc.version  # the snapshot, before any await
+        try:
+            cursor = doc.offset(position.line, position.character, self.encoding)
+        except ValueError as e:
+            raise JsonRpcInvalidParams(f"position {position.line}:{position.character}: {e}") from e
+        if doc.binary or len(text) > MAX_DOCUMENT_CHARS:
+            return None
+        eng = await self.ensure_engine()
+        job = self.scheduler.submit(
+            uri, "complete",
+            lambda c: eng.complete(uri, text, cursor, k=k, cancel=c, trim=make_trim(doc.language_id)),
+            supersede=("complete", "prepare", "refresh"))
+        try:
+            res = await job.future
+        except asyncio.CancelledError:
+            job.cancel.set()
+            self.counters["cancelled"] += 1
+            raise
+        except Cancelled:
+            self.counters["cancelled"] += 1
+            return None
+        cur = self.docs.docs.get(uri)
+        if cur is None or cur.version != version:
+            self.counters["stale"] += 1
+            return None
+        self._after_prepare(uri)
+        return text, cursor, res
+
+
+def engine_config(s: Settings):
+    from draftline.completion.engine import EngineConfig
+
+    return EngineConfig(k=s.drafts, max_tokens=s.max_tokens, context_tokens=s.context_tokens,
+                        method=s.method, pie=s.pie, cache_budget_mb=s.cache_budget_mb,
+                        stale_limit=s.stale_limit, monitors=s.monitors.enabled)
+
+
+def make_guide_factory(server: DraftlineServer):
+    """Monitors for a document (static analysis masks identifiers while decoding)."""
+    try:
+        from draftline.completion.guides import monitor_guides
+    except ImportError:
+        return None
+
+    def factory(doc: str, prompt) -> list:
+        d = server.docs.docs.get(doc)
+        if d is None:
+            return []
+        others = {u: o.text for u, o in server.docs.docs.items() if u != doc and not o.binary}
+        return monitor_guides(server.engine, d.language_id, doc, prompt, others, server.settings.monitors)
+
+    return factory
+
+
+def make_trim(language_id: str):
+    """Syntax-aware trimming of drafts (analysis.trim), when available."""
+    try:
+        from draftline.analysis.trim import trim_draft
+    except ImportError:
+        return None
+
+    def trim(prefix: str, draft: str, suffix: str):
+        line_after = suffix.split("\n", 1)[0]
+        r = trim_draft(language_id, prefix, draft, suffix, mid_line=bool(line_after.strip()))
+        if r is None:
+            return None
+        return r.text, r.replace
+
+    return trim
+
+
+def line_end(text: str, offset: int) -> int:
+    """Offset of the end of the line holding `offset` (before its line break)."""
+    for i in range(offset, len(text)):
+        if text[i] in "\r\n":
+            return i
+    return len(text)
+
+
+def build_server(settings: Settings | None = None, test_mode: bool = False) -> DraftlineServer:
+    ls = DraftlineServer(settings, test_mode)
+
+    @ls.feature(T.INITIALIZE)
+    def initialize(ls: DraftlineServer, params: T.InitializeParams) -> None:
+        opts = params.initialization_options
+        if opts:
+            ignored = ls.settings.update(opts, trusted=True)
+            if ignored:
+                log.info("unknown initializationOptions ignored: %s", ignored)
+        enc = ls.protocol.workspace.position_encoding if ls.protocol._workspace else None
+        ls.encoding = {"utf-8": "utf-8", "utf-32": "utf-32"}.get(str(getattr(enc, "value", enc) or "utf-16"), "utf-16")
+
+    @ls.feature(T.INITIALIZED)
+    def initialized(ls: DraftlineServer, params: T.InitializedParams) -> None:
+        ls.start_model_load()
+
+    @ls.feature(T.SHUTDOWN)
+    def shutdown(ls: DraftlineServer, *args) -> None:
+        if ls._scheduler is not None:
+            ls._scheduler.stop()
+
+    @ls.feature(T.TEXT_DOCUMENT_DID_OPEN)
+    def did_open(ls: DraftlineServer, params: T.DidOpenTextDocumentParams) -> None:
+        td = params.text_document
+        ls.docs.open(td.uri, td.text, td.version, td.language_id)
+        ls.schedule_prepare(td.uri)
+
+    @ls.feature(T.TEXT_DOCUMENT_DID_CHANGE)
+    def did_change(ls: DraftlineServer, params: T.DidChangeTextDocumentParams) -> None:
+        uri = params.text_document.uri
+        try:
+            ls.docs.change(uri, params.text_document.version, params.content_changes, ls.encoding)
+        except DocumentError as e:
+            log.warning("didChange ignored: %s", e)
+            return
+        # a newer edit supersedes in-flight decoding of the same document
+        ls.scheduler.cancel_doc(uri, ("complete",))
+        ls.schedule_prepare(uri)
+
+    @ls.feature(T.TEXT_DOCUMENT_DID_CLOSE)
+    def did_close(ls: DraftlineServer, params: T.DidCloseTextDocumentParams) -> None:
+        uri = params.text_document.uri
+        ls.docs.close(uri)
+        if ls._scheduler is not None:
+            ls._scheduler.cancel_doc(uri, ("complete", "prepare", "refresh"))
+        eng = ls.engine
+        if eng is not None:
+            ls.scheduler.submit(uri, "other", lambda c: eng.close(uri)).future.add_done_callback(
+                lambda f: f.cancelled() or f.exception())
+
+    @ls.feature(T.WORKSPACE_DID_CHANGE_CONFIGURATION)
+    def did_change_configuration(ls: DraftlineServer, params: T.DidChangeConfigurationParams) -> None:
+        ls.settings.update(params.settings, trusted=False)
+        if ls.engine is not None:
+            ls.engine.config = engine_config(ls.settings)
+
+    @ls.feature(T.TEXT_DOCUMENT_INLINE_COMPLETION)
+    async def inline_completion(ls: DraftlineServer, params: T.InlineCompletionParams):
+        got = await ls.drafts(params.text_document.uri, params.position)
+        if got is None:
+            return T.InlineCompletionList(items=[])
+        text, cursor, res = got
+        drafts = res.drafts  # all k: clients that show one take the first, the best ranked
+        items = []
+        for d in drafts:
+            end = params.position
+            if d.replace:
+                line, ch = _position_after(text, cursor, d.replace, ls.encoding)
+                end = T.Position(line=line, character=ch)
+            items.append(T.InlineCompletionItem(insert_text=d.text, range=T.Range(start=params.position, end=end)))
+        ls.last_items[params.text_document.uri] = [d.text for d in drafts]
+        return T.InlineCompletionList(items=items)
+
+    @ls.feature(T.TEXT_DOCUMENT_COMPLETION, T.CompletionOptions(trigger_characters=["."]))
+    async def completion(ls: DraftlineServer, params: T.CompletionParams):
+        got = await ls.drafts(params.text_document.uri, params.position)
+        if got is None:
+            return T.CompletionList(is_incomplete=True, items=[])
+        text, cursor, res = got
+        # replace from the start of the word being typed to the end of the line, so that
+        # editors filter the items by the typed word and keep the rest of the line
+        ws = cursor
+        while ws > 0 and (text[ws - 1].isalnum() or text[ws - 1] == "_"):
+            ws -= 1
+        le = line_end(text, cursor)
+        start = T.Position(*_pos(text, ws, ls.encoding))
+        end = T.Position(*_pos(text, le, ls.encoding))
+        word = text[ws:cursor]
+        items = []
+        for i, d in enumerate(res.drafts):
+            rest = text[min(le, cursor + d.replace) : le]
+            new_text = word + d.text + rest
+            first = (word + d.text).split("\n", 1)[0]
+            items.append(T.CompletionItem(
+                label=first.strip() or d.text.strip().split("\n", 1)[0],
+                kind=T.CompletionItemKind.Text,
+                detail="draftline",
+                documentation=T.MarkupContent(kind=T.MarkupKind.Markdown, value=f"```\n{word + d.text}\n```"),
+                sort_text=f"{i:04d}",
+                filter_text=word + d.text.split("\n", 1)[0],
+                text_edit=T.TextEdit(range=T.Range(start=start, end=end), new_text=new_text),
+                insert_text_format=T.InsertTextFormat.PlainText,
+            ))
+        return T.CompletionList(is_incomplete=True, items=items)
+
+    @ls.feature("draftline/status")
+    def status(ls: DraftlineServer, params: Any = None) -> dict:
+        out: dict[str, Any] = {"version": VERSION, "model_error": ls.model_error,
+                               "settings": asdict(ls.settings), "counters": dict(ls.counters),
+                               "documents": len(ls.docs.docs), "pid": os.getpid()}
+        eng = ls.engine
+        if eng is not None:
+            out["model"] = eng.lm.info
+            out["caches"] = {uri: {"tokens": len(c.tokens), "stale": c.stale, "bytes": c.nbytes}
+                             for uri, c in list(eng.caches.caches.items())}
+            out["cache_bytes"] = sum(v["bytes"] for v in out["caches"].values())
+        if ls._scheduler is not None and ls._scheduler.disabled_reason:
+            out["disabled"] = ls._scheduler.disabled_reason
+        return out
+
+    if test_mode:
+        @ls.feature("draftline/documentText")
+        def document_text(ls: DraftlineServer, params: Any) -> dict | None:
+            uri = params.uri if hasattr(params, "uri") else params["uri"]
+            d = ls.docs.docs.get(uri)
+            return None if d is None else {"text": d.text, "version": d.version}
+
+    return ls
+
+
+def _pos(text: str, offset: int, encoding: str) -> tuple[int, int]:
+    from draftline.analysis.text import position_at
+
+    return position_at(text, offset, encoding)
+
+
+def _position_after(text: str, cursor: int, n: int, encoding: str) -> tuple[int, int]:
+    return _pos(text, min(len(text), cursor + n), encoding)
