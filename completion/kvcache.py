@@ -86,7 +86,7 @@ def plan_blocks(old: list[int], new: list[int], min_run: int = 4) -> list[Block]
     return blocks
 
 
-def widen(blocks: list[Block], widen_by: int) -> list[Block]:
+def widen(blocks: list[Block], widen_by: int, total: int) -> list[Block]:
     """Shrink every block by `widen_by` tokens next to each recomputed gap (never the
     start of the prefix block nor the end of the text), so the tokens right at an edit
     boundary get recomputed with the new context."""
@@ -94,7 +94,8 @@ def widen(blocks: list[Block], widen_by: int) -> list[Block]:
     for i, bl in enumerate(blocks):
         cut_left = widen_by if (bl.new > 0 and (i == 0 or blocks[i - 1].new + blocks[i - 1].size < bl.new)) else 0
         nxt = blocks[i + 1] if i + 1 < len(blocks) else None
-        gap_right = nxt is None or bl.new + bl.size < nxt.new
+        end = bl.new + bl.size
+        gap_right = end < (nxt.new if nxt is not None else total)
         cut_right = widen_by if gap_right else 0
         size = bl.size - cut_left - cut_right
         if size > 0:
@@ -182,7 +183,7 @@ class DocCache:
                 # length-dependent rope: only an untouched prefix is reusable exactly
                 p = blocks[0].size if blocks and blocks[0].old == 0 and blocks[0].new == 0 else 0
                 return self._recompute_from(p, new, t0, "exact-fallback", cancel)
-            blocks = widen(blocks, widen_by)
+            blocks = widen(blocks, widen_by, len(new))
             return self._apply(old, new, blocks, rotate=(mode == "pie"), t0=t0, cancel=cancel, mode=mode)
 
     def _recompute_from(self, p: int, new: list[int], t0: float, mode: str,
@@ -237,16 +238,23 @@ class DocCache:
             gaps.append((pos, len(new)))
         computed = 0
         self.tokens = new  # slots now hold `new` except the gaps, which we fill next
+        ready = {"upto": gaps[0][0] if gaps else len(new)}  # slots [0, upto) are consistent
+
+        def progress(i: int) -> None:
+            ready["upto"] = i
+
         try:
             for a, b in gaps:
-                self.encode(new, a, b, cancel)
+                ready["upto"] = a
+                self.encode(new, a, b, cancel, on_chunk=progress)
                 computed += b - a
                 if exact == a:
                     exact = b
         except Cancelled:
             # gaps not yet computed hold garbage: keep only the consistent prefix
-            self.tokens = new[:a]
-            self.exact = min(exact, a)
+            upto = ready["upto"]
+            self.tokens = new[:upto]
+            self.exact = upto if exact == a else min(exact, upto)
             raise
         self.exact = exact
         return SyncStats(mode, kept=kept, moved=moved, computed=computed,

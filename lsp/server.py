@@ -21,12 +21,12 @@ from typing import Any
 from lsprotocol import types as T
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
-from pygls.protocol import LanguageServerProtocol, lsp_method
 
 from draftline.completion.kvcache import Cancelled
 
 from .config import Settings
 from .documents import MAX_DOCUMENT_CHARS, DocumentError, Documents
+from .protocol import DraftlineProtocol
 from .scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -38,27 +38,6 @@ ACCEPT_COMMAND = "draftline.accept"
 class ContentModified(JsonRpcException):
     CODE = -32801
     MESSAGE = "Content modified"
-
-
-class DraftlineProtocol(LanguageServerProtocol):
-    """pygls' protocol minus its own text-document store: pygls would read unopened files
-    from disk, split lines on U+2028, and raise KeyError popups for unknown URIs. Our
-    handlers keep the documents (lsp/documents.py)."""
-
-    @lsp_method(T.TEXT_DOCUMENT_DID_OPEN)
-    def lsp_text_document__did_open(self, params: T.DidOpenTextDocumentParams):
-        if (h := self.fm.features.get(T.TEXT_DOCUMENT_DID_OPEN)) is not None:
-            yield h, (params,), None
-
-    @lsp_method(T.TEXT_DOCUMENT_DID_CHANGE)
-    def lsp_text_document__did_change(self, params: T.DidChangeTextDocumentParams):
-        if (h := self.fm.features.get(T.TEXT_DOCUMENT_DID_CHANGE)) is not None:
-            yield h, (params,), None
-
-    @lsp_method(T.TEXT_DOCUMENT_DID_CLOSE)
-    def lsp_text_document__did_close(self, params: T.DidCloseTextDocumentParams):
-        if (h := self.fm.features.get(T.TEXT_DOCUMENT_DID_CLOSE)) is not None:
-            yield h, (params,), None
 
 
 class DraftlineServer(LanguageServer):
@@ -259,7 +238,11 @@ def make_guide_factory(server: DraftlineServer):
         if d is None:
             return []
         others = {u: o.text for u, o in server.docs.docs.items() if u != doc and not o.binary}
-        return monitor_guides(server.engine, d.language_id, doc, prompt, others, server.settings.monitors)
+        try:
+            return monitor_guides(server.engine, d.language_id, doc, prompt, others, server.settings.monitors)
+        except Exception:  # analysis never blocks a completion: no monitor = no constraint
+            log.exception("monitors unavailable for %s", doc)
+            return []
 
     return factory
 
@@ -403,9 +386,9 @@ def build_server(settings: Settings | None = None, test_mode: bool = False) -> D
         eng = ls.engine
         if eng is not None:
             out["model"] = eng.lm.info
-            out["caches"] = {uri: {"tokens": len(c.tokens), "stale": c.stale, "bytes": c.nbytes}
-                             for uri, c in list(eng.caches.caches.items())}
-            out["cache_bytes"] = sum(v["bytes"] for v in out["caches"].values())
+            out["caches"] = [{"uri": uri, "tokens": len(c.tokens), "stale": c.stale, "bytes": c.nbytes}
+                             for uri, c in list(eng.caches.caches.items())]
+            out["cache_bytes"] = sum(v["bytes"] for v in out["caches"])
         if ls._scheduler is not None and ls._scheduler.disabled_reason:
             out["disabled"] = ls._scheduler.disabled_reason
         return out

@@ -1,0 +1,88 @@
+"""Shared fixtures: tiny random-weight models (fast) and the real default model (once)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def stdlib_dir() -> Path:
+    import json as _json
+
+    return Path(_json.__file__).resolve().parents[1]
+
+
+def stdlib_source(rel: str) -> str:
+    return (stdlib_dir() / rel).read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def default_model_dir() -> Path:
+    """The real SmolLM2-135M, converted into the user cache (fetched on first use)."""
+    from draftline.completion import model as M
+
+    return M.resolve(None)
+
+
+@pytest.fixture(scope="session")
+def default_tokenizer(default_model_dir):
+    from draftline.completion.tokens import Tokenizer
+    from draftline.completion.transformer import ModelConfig
+
+    cfg = ModelConfig.from_hf(json.loads((default_model_dir / "config.json").read_text()))
+    return Tokenizer.from_dir(default_model_dir, cfg)
+
+
+@pytest.fixture(scope="session")
+def default_model(default_model_dir):
+    from draftline.completion import model as M
+
+    return M.load(str(default_model_dir))
+
+
+def make_tiny_dir(out: Path, tokenizer_dir: Path, arch: str = "llama", rope: dict | None = None,
+                  seed: int = 0, **overrides) -> Path:
+    """A random-weight HF checkpoint (safetensors) with the real tokenizer, for fast tests."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tok = json.loads((tokenizer_dir / "config.json").read_text())
+    cfg = dict(
+        vocab_size=tok["vocab_size"], hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
+        rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
+    )
+    if rope:
+        cfg["rope_parameters"] = rope
+    cfg.update(overrides)
+    conf = AutoConfig.for_model(arch, **cfg)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(conf).float().eval()
+    with torch.no_grad():  # larger weights than the init: attention patterns that matter
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.2)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        if (tokenizer_dir / f).exists():
+            shutil.copy(tokenizer_dir / f, out / f)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, default_model_dir) -> Path:
+    return make_tiny_dir(tmp_path_factory.mktemp("tiny") / "llama", default_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_dir):
+    from draftline.completion import model as M
+
+    return M.load(str(tiny_dir))

@@ -1,0 +1,119 @@
+"""PIE cache sync: exact where theory says exact, consistent after any edit sequence."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st, HealthCheck
+
+from draftline.completion.kvcache import Cancelled, DocCache, plan_blocks
+
+
+def fresh(net, tokens):
+    c = DocCache(net)
+    c.sync(tokens, mode="full")
+    return c
+
+
+def test_kept_prefix_bitwise_unchanged(tiny):
+    toks = list(range(1000, 1300))
+    c = fresh(tiny.net, toks)
+    k_before = c.k[:, :, :150].clone()
+    v_before = c.v[:, :, :150].clone()
+    st_ = c.sync(toks[:150] + [5, 6, 7] + toks[150:])
+    assert st_.mode == "pie" and st_.computed <= 3 + 2
+    assert torch.equal(c.k[:, :, :149], k_before[:, :, :149])
+    assert torch.equal(c.v[:, :, :149], v_before[:, :, :149])
+
+
+def test_pure_shift_layer0_keys_equal_recompute(tiny):
+    """Layer-0 keys depend on token and position only: after PIE they must equal a
+    recompute (fp32 tolerance), wherever the tokens moved."""
+    toks = list(range(2000, 2400))
+    c = fresh(tiny.net, toks)
+    new = [11, 12, 13, 14, 15] + toks  # everything shifts by 5
+    st_ = c.sync(new)
+    assert st_.moved >= 390
+    ref = fresh(tiny.net, new)
+    assert torch.allclose(c.k[0, :, :len(new)], ref.k[0, :, :len(new)], atol=1e-4)
+    assert torch.equal(c.v[0, :, 10:len(new)], ref.v[0, :, 10:len(new)]) or \
+        torch.allclose(c.v[0, :, 10:len(new)], ref.v[0, :, 10:len(new)], atol=1e-5)
+
+
+def test_conflict_fast_keeps_stale_rotation(tiny):
+    toks = list(range(2000, 2200))
+    c = fresh(tiny.net, toks)
+    c.sync([1, 2, 3] + toks, mode="conflict-fast")
+    ref = fresh(tiny.net, [1, 2, 3] + toks)
+    assert not torch.allclose(c.k[0, :, 10:203], ref.k[0, :, 10:203], atol=1e-3)
+
+
+def test_refresh_makes_cache_exact(tiny):
+    toks = list(range(3000, 3300))
+    c = fresh(tiny.net, toks)
+    new = toks[:100] + [42] * 7 + toks[120:]
+    c.sync(new)
+    assert c.stale > 0
+    c.refresh()
+    assert c.stale == 0
+    ref = fresh(tiny.net, new)
+    assert torch.allclose(c.k[:, :, :len(new)], ref.k[:, :, :len(new)], atol=1e-4)
+    assert torch.allclose(c.v[:, :, :len(new)], ref.v[:, :, :len(new)], atol=1e-4)
+
+
+def test_cancel_leaves_consistent_prefix(tiny):
+    toks = list(range(100, 900))
+    c = DocCache(tiny.net)
+    ev = threading.Event()
+    calls = {"n": 0}
+    real = c.encode
+
+    def enc(tokens, a, b, cancel=None, on_chunk=None):
+        def cb(i):
+            calls["n"] += 1
+            if on_chunk:
+                on_chunk(i)
+            ev.set()  # cancel after the first chunk
+        return real(tokens, a, b, cancel, on_chunk=cb)
+
+    c.encode = enc
+    with pytest.raises(Cancelled):
+        c.sync(toks, cancel=ev)
+    assert calls["n"] == 1
+    assert c.tokens == toks[: len(c.tokens)] and 0 < len(c.tokens) < len(toks)
+
+
+def test_plan_blocks_multi_place():
+    old = list(range(100))
+    new = old[:10] + [900] + old[10:50] + old[55:80] + [901, 902] + old[80:]
+    blocks = plan_blocks(old, new)
+    assert blocks[0].old == 0 and blocks[0].size == 10
+    covered = sum(b.size for b in blocks)
+    assert covered == 10 + 40 + 25 + 20
+    for b in blocks:
+        assert old[b.old:b.old + b.size] == new[b.new:b.new + b.size]
+
+
+edit = st.tuples(st.integers(0, 10**6), st.integers(0, 40), st.lists(st.integers(500, 600), max_size=30))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edits=st.lists(edit, min_size=1, max_size=6))
+def test_random_edits_tokens_and_positions(tiny, edits):
+    """After any edit sequence the cache holds the new tokens, and every slot's layer-0 key
+    is the key of that token at that position (so every cached position id is right)."""
+    net = tiny.net
+    toks = list(range(1000, 1200))
+    c = fresh(net, toks)
+    for pos, dele, ins in edits:
+        p = pos % (len(toks) + 1)
+        toks = toks[:p] + ins + toks[p + dele:]
+        if not toks:
+            toks = [7]
+        c.sync(toks)
+        assert c.tokens == toks
+    ref = fresh(net, toks)
+    n = len(toks)
+    assert torch.allclose(c.k[0, :, :n], ref.k[0, :, :n], atol=2e-4)

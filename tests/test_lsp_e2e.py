@@ -1,0 +1,123 @@
+"""The real server over stdio (pytest-lsp) on the real default model."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import pytest
+import pytest_lsp
+from lsprotocol import types as T
+from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
+
+from conftest import stdlib_source
+
+pytestmark = [pytest.mark.real_model]
+
+SERVER = [sys.executable, "-m", "draftline.lsp.cli", "serve", "--test-mode"]
+
+
+@pytest_lsp.fixture(config=ClientServerConfig(server_command=SERVER))
+async def client(lsp_client: LanguageClient, default_model_dir):
+    await lsp_client.initialize_session(T.InitializeParams(
+        capabilities=client_capabilities("visual-studio-code"),
+        initialization_options={"drafts": 3, "maxTokens": 32},
+    ))
+    yield
+    await lsp_client.shutdown_session()
+
+
+def plain(x):
+    """pygls hands custom-request results back as namedtuples; make them dicts again."""
+    if hasattr(x, "_asdict"):
+        return {k: plain(v) for k, v in x._asdict().items()}
+    if isinstance(x, dict):
+        return {k: plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [plain(v) for v in x]
+    return x
+
+
+async def status(client) -> dict:
+    return plain(await client.protocol.send_request_async("draftline/status", {}))
+
+
+def open_doc(client, uri: str, text: str, lang: str = "python") -> None:
+    client.text_document_did_open(T.DidOpenTextDocumentParams(
+        text_document=T.TextDocumentItem(uri=uri, language_id=lang, version=1, text=text)))
+
+
+async def test_inline_completion_continues_code(client: LanguageClient):
+    src = stdlib_source("textwrap.py")
+    lines = src.split("\n")
+    # cursor after the indentation of a line in the middle of a function body
+    ln = next(i for i, l in enumerate(lines) if l.startswith("        chunks = self._split_chunks(text)"))
+    uri = "file:///work/textwrap_copy.py"
+    open_doc(client, uri, src)
+    res = await asyncio.wait_for(client.text_document_inline_completion_async(T.InlineCompletionParams(
+        text_document=T.TextDocumentIdentifier(uri=uri),
+        position=T.Position(line=ln, character=8),
+        context=T.InlineCompletionContext(trigger_kind=T.InlineCompletionTriggerKind.Invoked),
+    )), 120)
+    items = res.items if hasattr(res, "items") else res
+    assert items, "no drafts"
+    first = items[0].insert_text
+    assert first.strip(), first
+    assert not first.startswith(" ")  # token healing: the indentation is already typed
+    # work-done progress was reported while the model loaded
+    ends = [v for vals in client.progress_reports.values() for v in vals if isinstance(v, T.WorkDoneProgressEnd)]
+    assert ends
+    st = await status(client)
+    assert st["model"]["architecture"] == "llama"
+    cache = next(c for c in st["caches"] if c["uri"] == uri)
+    assert cache["tokens"] > 100 and cache["bytes"] > 0
+
+
+async def test_completion_items_replace_to_line_end(client: LanguageClient):
+    text = "import os\n\n\ndef base(p):\n    return os.path.\n"
+    uri = "file:///work/m.py"
+    open_doc(client, uri, text)
+    res = await asyncio.wait_for(client.text_document_completion_async(T.CompletionParams(
+        text_document=T.TextDocumentIdentifier(uri=uri), position=T.Position(line=4, character=19))), 120)
+    assert res.items
+    for it in res.items:
+        assert it.text_edit.range.end == T.Position(line=4, character=19)
+        assert it.label == it.text_edit.new_text.split("\n")[0].strip()
+
+
+async def test_edit_then_complete_uses_pie(client: LanguageClient):
+    src = stdlib_source("json/decoder.py")
+    uri = "file:///work/decoder.py"
+    open_doc(client, uri, src)
+    lines = src.split("\n")
+    ln = next(i for i, l in enumerate(lines) if "def raw_decode" in l)
+    client.text_document_did_change(T.DidChangeTextDocumentParams(
+        text_document=T.VersionedTextDocumentIdentifier(uri=uri, version=2),
+        content_changes=[T.TextDocumentContentChangePartial(
+            range=T.Range(start=T.Position(line=20, character=0), end=T.Position(line=20, character=0)),
+            text="# inserted line\n")]))
+    res = await asyncio.wait_for(client.text_document_inline_completion_async(T.InlineCompletionParams(
+        text_document=T.TextDocumentIdentifier(uri=uri), position=T.Position(line=ln + 2, character=8),
+        context=T.InlineCompletionContext(trigger_kind=T.InlineCompletionTriggerKind.Invoked))), 120)
+    assert res.items
+    text = plain(await client.protocol.send_request_async("draftline/documentText", {"uri": uri}))
+    assert text["version"] == 2 and "# inserted line\n" in text["text"]
+
+
+async def test_unknown_uri_and_bad_position_are_errors(client: LanguageClient):
+    with pytest.raises(Exception) as e:
+        await client.text_document_inline_completion_async(T.InlineCompletionParams(
+            text_document=T.TextDocumentIdentifier(uri="file:///nope.py"), position=T.Position(line=0, character=0),
+            context=T.InlineCompletionContext(trigger_kind=T.InlineCompletionTriggerKind.Invoked)))
+    assert "not open" in str(e.value)
+    open_doc(client, "file:///work/s.py", "x = 1\n")
+    with pytest.raises(Exception) as e:
+        await client.text_document_completion_async(T.CompletionParams(
+            text_document=T.TextDocumentIdentifier(uri="file:///work/s.py"), position=T.Position(line=99, character=0)))
+    assert "line 99" in str(e.value)
+    # a change for a never-opened document is ignored, the server keeps answering
+    client.text_document_did_change(T.DidChangeTextDocumentParams(
+        text_document=T.VersionedTextDocumentIdentifier(uri="file:///never.py", version=2),
+        content_changes=[T.TextDocumentContentChangeWholeDocument(text="boom")]))
+    st = await status(client)
+    assert st["documents"] == 1

@@ -1,0 +1,101 @@
+"""The network matches transformers' own forward; cached decoding matches uncached."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import make_tiny_dir
+
+
+def _hf_logits(path, ids):
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    with torch.no_grad():
+        return hf(torch.tensor([ids])).logits[0]
+
+
+@pytest.mark.parametrize("arch,extra", [
+    ("llama", {}),
+    ("qwen2", {}),  # q/k/v bias, GQA
+    ("llama", {"rope": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}}),
+    ("llama", {"rope": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                        "original_max_position_embeddings": 256, "rope_theta": 500000.0}}),
+    ("llama", {"rope": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 256,
+                        "rope_theta": 10000.0}}),
+])
+def test_logits_match_transformers(tmp_path, default_model_dir, arch, extra):
+    from draftline.completion import model as M
+
+    d = make_tiny_dir(tmp_path / arch, default_model_dir, arch=arch, **extra)
+    lm = M.load(str(d))
+    ids = list(range(100, 400, 3))
+    k, v = lm.net.new_cache(256)
+    ours = lm.net.forward(torch.tensor(ids), torch.arange(len(ids)), k, v, 0, logits_rows=slice(None))
+    ref = _hf_logits(d, ids)
+    assert torch.allclose(ours, ref, atol=2e-4, rtol=1e-4), (ours - ref).abs().max()
+
+
+def test_cached_equals_uncached(tiny):
+    net = tiny.net
+    ids = list(range(500, 560))
+    k, v = net.new_cache(128)
+    full = net.forward(torch.tensor(ids), torch.arange(60), k, v, 0, logits_rows=slice(None))
+    k2, v2 = net.new_cache(128)
+    net.forward(torch.tensor(ids[:40]), torch.arange(40), k2, v2, 0, logits_rows=None)
+    rows = []
+    for i in range(40, 60):  # one token at a time against the cache
+        rows.append(net.forward(torch.tensor([ids[i]]), torch.tensor([i]), k2, v2, i)[0])
+    assert torch.allclose(torch.stack(rows), full[40:], atol=1e-4)
+    assert torch.equal(k2[:, :, :60], k[:, :, :60]) or torch.allclose(k2[:, :, :60], k[:, :, :60], atol=1e-5)
+
+
+def test_tree_mask_rows_equal_separate_sequences(tiny):
+    """k draft rows in one forward (each sees the prompt + its own tokens) == k sequences."""
+    net = tiny.net
+    prompt = list(range(300, 340))
+    n = len(prompt)
+    drafts = [[7, 8, 9], [10, 11, 12], [13, 14, 15]]
+    k, v = net.new_cache(128)
+    net.forward(torch.tensor(prompt), torch.arange(n), k, v, 0, logits_rows=None)
+    slots = [[] for _ in drafts]
+    nxt = n
+    outs = None
+    for step in range(3):
+        for i in range(3):
+            slots[i].append(nxt + i)
+        mask = torch.zeros(3, nxt + 3, dtype=torch.bool)
+        mask[:, :n] = True
+        for i in range(3):
+            mask[i, slots[i]] = True
+        ids = torch.tensor([d[step] for d in drafts])
+        outs = net.forward(ids, torch.full((3,), n + step), k, v, nxt, mask=mask, logits_rows=slice(None))
+        nxt += 3
+    for i, d in enumerate(drafts):
+        k2, v2 = net.new_cache(128)
+        ref = net.forward(torch.tensor(prompt + d), torch.arange(n + 3), k2, v2, 0)[0]
+        assert torch.allclose(outs[i], ref, atol=1e-4)
+
+
+def test_int8_close_to_fp32(tiny_dir):
+    from draftline.completion import model as M
+
+    a = M.load(str(tiny_dir), quantize="none")
+    b = M.load(str(tiny_dir), quantize="int8")
+    ids = list(range(1000, 1050))
+    ka, va = a.net.new_cache(64)
+    kb, vb = b.net.new_cache(64)
+    la = a.net.forward(torch.tensor(ids), torch.arange(50), ka, va, 0, logits_rows=slice(None))
+    lb = b.net.forward(torch.tensor(ids), torch.arange(50), kb, vb, 0, logits_rows=slice(None))
+    assert b.net.weight_bytes < a.net.weight_bytes / 3
+    rel = (la - lb).norm() / la.norm()
+    assert rel < 0.05, rel
+
+
+def test_refuses_unknown_architecture(tmp_path):
+    from draftline.completion.transformer import ArchitectureError, ModelConfig
+
+    with pytest.raises(ArchitectureError):
+        ModelConfig.from_hf({"model_type": "gpt2", "num_attention_heads": 2, "hidden_size": 8,
+                             "vocab_size": 10, "num_hidden_layers": 1, "intermediate_size": 8})
