@@ -15,7 +15,7 @@ the prompt and dropped again without touching the prompt.
 
 from __future__ import annotations
 
-import difflib
+import bisect
 import logging
 import threading
 import time
@@ -60,11 +60,15 @@ class SyncStats:
     stale: int = 0  # tokens whose K/V were computed against text that has since changed
 
 
-def plan_blocks(old: list[int], new: list[int], min_run: int = 4) -> list[Block]:
+def plan_blocks(old: list[int], new: list[int], min_run: int = 4, gram: int = 8) -> list[Block]:
     """Matching token runs between the cached and the new prompt, in order.
 
-    Common prefix and suffix first (the usual single edit), then the matching runs of the
-    middle for multi-place edits; runs shorter than `min_run` are cheaper to recompute.
+    Common prefix and suffix first (the usual single edit); for the middle (multi-place
+    edits, a moved context window) a patience-style diff: token 8-grams that occur once in
+    each sequence anchor the match, the longest chain of anchors in order is kept, and each
+    anchor is extended both ways. O(n log n), robust to the repetitive tokens of code where
+    difflib's junk heuristic fragments the match. Runs shorter than `min_run` are cheaper
+    to recompute than to keep.
     """
     n, m = len(old), len(new)
     p = 0
@@ -76,14 +80,67 @@ def plan_blocks(old: list[int], new: list[int], min_run: int = 4) -> list[Block]
         s += 1
     blocks: list[Block] = [Block(0, 0, p)] if p else []
     a, b = old[p : n - s], new[p : m - s]
-    if a and b:
-        sm = difflib.SequenceMatcher(None, a, b, autojunk=len(a) > 200)
-        for i, j, size in sm.get_matching_blocks():
-            if size >= min_run:
-                blocks.append(Block(p + i, p + j, size))
+    for i, j, size in _anchored_matches(a, b, gram):
+        if size >= min_run:
+            blocks.append(Block(p + i, p + j, size))
     if s:
         blocks.append(Block(n - s, m - s, s))
     return blocks
+
+
+def _anchored_matches(a: list[int], b: list[int], gram: int) -> list[tuple[int, int, int]]:
+    if len(a) < gram or len(b) < gram:
+        return []
+
+    def unique_grams(x: list[int]) -> dict[tuple, int]:
+        seen: dict[tuple, int] = {}
+        dup: set[tuple] = set()
+        for i in range(len(x) - gram + 1):
+            g = tuple(x[i : i + gram])
+            if g in seen:
+                dup.add(g)
+            else:
+                seen[g] = i
+        for g in dup:
+            del seen[g]
+        return seen
+
+    ua, ub = unique_grams(a), unique_grams(b)
+    pairs = sorted((i, ub[g]) for g, i in ua.items() if g in ub)
+    # longest chain increasing in both (patience sorting on the b index)
+    tails: list[int] = []  # index into pairs of the chain end for each length
+    tails_b: list[int] = []  # their b indexes, increasing
+    prev: list[int] = [-1] * len(pairs)
+    for k, (_, j) in enumerate(pairs):
+        lo = bisect.bisect_left(tails_b, j)
+        if lo > 0:
+            prev[k] = tails[lo - 1]
+        if lo == len(tails):
+            tails.append(k)
+            tails_b.append(j)
+        else:
+            tails[lo] = k
+            tails_b[lo] = j
+    chain: list[tuple[int, int]] = []
+    k = tails[-1] if tails else -1
+    while k >= 0:
+        chain.append(pairs[k])
+        k = prev[k]
+    chain.reverse()
+    out: list[tuple[int, int, int]] = []
+    for i, j in chain:
+        lo_a = out[-1][0] + out[-1][2] if out else 0
+        lo_b = out[-1][1] + out[-1][2] if out else 0
+        if i < lo_a or j < lo_b:
+            continue  # covered by (or crossing) the run extended before
+        s0 = 0
+        while i - s0 - 1 >= lo_a and j - s0 - 1 >= lo_b and a[i - s0 - 1] == b[j - s0 - 1]:
+            s0 += 1
+        e = gram
+        while i + e < len(a) and j + e < len(b) and a[i + e] == b[j + e]:
+            e += 1
+        out.append((i - s0, j - s0, s0 + e))
+    return out
 
 
 def widen(blocks: list[Block], widen_by: int, total: int) -> list[Block]:

@@ -117,3 +117,34 @@ def test_random_edits_tokens_and_positions(tiny, edits):
     ref = fresh(net, toks)
     n = len(toks)
     assert torch.allclose(c.k[0, :, :n], ref.k[0, :, :n], atol=2e-4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seq=st.lists(st.integers(0, 30), min_size=0, max_size=300),
+       edits=st.lists(st.tuples(st.integers(0, 400), st.integers(0, 20), st.lists(st.integers(0, 30), max_size=20)),
+                      max_size=5))
+def test_plan_blocks_valid(seq, edits):
+    """Blocks are real matches, in order in both sequences, never overlapping."""
+    new = list(seq)
+    for p, d, ins in edits:
+        p %= len(new) + 1
+        new = new[:p] + ins + new[p + d:]
+    blocks = plan_blocks(seq, new)
+    ea = eb = 0
+    for b in blocks:
+        assert b.old >= ea and b.new >= eb and b.size > 0
+        assert seq[b.old:b.old + b.size] == new[b.new:b.new + b.size]
+        ea, eb = b.old + b.size, b.new + b.size
+
+
+def test_plan_blocks_window_shift_keeps_most_tokens():
+    """A context window that moved by 128 tokens plus an edit: nearly all tokens are kept."""
+    import random
+
+    rng = random.Random(0)
+    doc = [rng.choice([220, 198, 11, 25, 30, 1000, 1001]) if rng.random() < 0.5 else rng.randrange(50000)
+           for _ in range(3000)]
+    old = doc[0:2000]
+    new = doc[128:1500] + [7, 8, 9] + doc[1500:2128]
+    kept = sum(b.size for b in plan_blocks(old, new))
+    assert kept >= 2000 - 128 - 20
