@@ -34,6 +34,7 @@ class EngineConfig:
     cache_budget_mb: int = 4096  # all documents' KV caches together
     stale_limit: int = 512  # re-encode exactly once this many tokens are stale
     monitors: bool = True
+    token_healing: bool = True  # off only for ablations (bench, tests)
 
 
 @dataclass
@@ -112,7 +113,7 @@ class Engine:
     def prompt_for(self, doc: str, text: str, cursor: int) -> Prompt:
         tt = self.update(doc, text)
         cfg = self.config
-        return build_prompt(tt, cursor, self.tok, self.context_tokens, cfg.suffix_tokens)
+        return build_prompt(tt, cursor, self.tok, self.context_tokens, cfg.suffix_tokens, heal=cfg.token_healing)
 
     def prepare(self, doc: str, text: str, cursor: int, cancel: threading.Event | None = None) -> SyncStats:
         """Sync the document's cache for a cursor (the idle-time work after an edit)."""

@@ -55,6 +55,11 @@ def build_prompt(tt: TokenizedText, cursor: int, tok: Tokenizer, budget: int,
         w = ((j - room) // WINDOW_STEP + 1) * WINDOW_STEP
         w = min(w, j)
     body = tt.ids[w:j]
+    if not heal:
+        # the naive prompt (ablation): the text before the cursor tokenized as it stands,
+        # ending in whatever partial token the cursor leaves
+        start = tt.starts[w] if w < len(tt.starts) else 0
+        body = tok.encode(text[start:cursor])
     suffix = text[cursor:]
     if fim is not None:
         suf_ids = tok.encode(suffix[: suffix_budget * 8])[:suffix_budget] if suffix_budget else []

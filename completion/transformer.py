@@ -105,30 +105,47 @@ class Linear:
 
 
 class Int8Linear:
-    """Weight-only int8, one scale per output channel: a quarter of fp32's bytes to read.
+    """int8 weights, one scale per output channel: a quarter of fp32's bytes to read.
 
-    Uses ATen's CPU kernel `_weight_int8pack_mm` (dequantizes on the fly inside the matmul).
+    Runs on fbgemm's dynamic-quantized linear (activations quantized per call, int8 dot
+    products with VNNI/AVX2), measured several times faster than the fp32 GEMV here; falls
+    back to ATen's weight-only `_weight_int8pack_mm` where fbgemm is missing.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
-        w = weight.float()
+        w = weight.float().contiguous()
         scale = w.abs().amax(dim=1).clamp(min=1e-8) / 127.0
-        self.qweight = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
-        self.scale = scale.to(torch.float32).contiguous()
-        self.bias = bias
         self.out_features = w.shape[0]
+        self.bias = bias.float() if bias is not None else None
+        self.nbytes_ = w.numel() + scale.numel() * 4
+        self.packed = None
+        if "fbgemm" in torch.backends.quantized.supported_engines:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.backends.quantized.engine = "fbgemm"
+                qw = torch.quantize_per_channel(w, scale.double(), torch.zeros(w.shape[0], dtype=torch.long),
+                                                0, torch.qint8)
+                self.packed = torch.ops.quantized.linear_prepack(qw, self.bias)
+        else:  # pragma: no cover - every x86 build ships fbgemm
+            self.qweight = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
+            self.scale = scale.contiguous()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         shp = x.shape
-        x2 = x.reshape(-1, shp[-1])
-        y = torch._weight_int8pack_mm(x2.float(), self.qweight, self.scale)
-        if self.bias is not None:
-            y = y + self.bias
+        x2 = x.reshape(-1, shp[-1]).float()
+        if self.packed is not None:
+            y = torch.ops.quantized.linear_dynamic(x2, self.packed)
+        else:  # pragma: no cover
+            y = torch._weight_int8pack_mm(x2, self.qweight, self.scale)
+            if self.bias is not None:
+                y = y + self.bias
         return y.reshape(*shp[:-1], self.out_features).to(x.dtype)
 
     @property
     def nbytes(self) -> int:
-        return self.qweight.numel() + self.scale.numel() * 4
+        return self.nbytes_
 
 
 @dataclass

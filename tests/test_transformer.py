@@ -90,7 +90,7 @@ def test_int8_close_to_fp32(tiny_dir):
     lb = b.net.forward(torch.tensor(ids), torch.arange(50), kb, vb, 0, logits_rows=slice(None))
     assert b.net.weight_bytes < a.net.weight_bytes / 3
     rel = (la - lb).norm() / la.norm()
-    assert rel < 0.05, rel
+    assert rel < 0.15, rel  # int8 weights and dynamically quantized activations
 
 
 def test_refuses_unknown_architecture(tmp_path):

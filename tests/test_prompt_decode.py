@@ -1,0 +1,114 @@
+"""Prompt building (token healing, budget) and decoding (greedy, k drafts, cancel)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from draftline.completion.decode import DecodeSpec, HealGuide, PieceIndex, decode
+from draftline.completion.kvcache import Cancelled, DocCache
+from draftline.completion.prompt import build_prompt
+from draftline.completion.stops import make_stop
+from draftline.completion.tokens import TokenizedText
+
+
+def test_healing_backs_off_indentation(default_tokenizer):
+    tok = default_tokenizer
+    text = "def f(x):\n    return x\n"
+    cursor = text.index("return")  # after the indentation
+    pr = build_prompt(TokenizedText.full(tok, text), cursor, tok, 2048)
+    assert pr.heal.startswith("\n") and pr.heal.endswith("    ")
+    assert tok.decode(pr.tokens) + pr.heal == text[:cursor]
+
+
+def test_healing_mid_word(default_tokenizer):
+    tok = default_tokenizer
+    text = "import os\nos.pa"
+    pr = build_prompt(TokenizedText.full(tok, text), len(text), tok, 2048)
+    assert pr.heal.endswith("pa") and tok.decode(pr.tokens) + pr.heal == text
+
+
+def test_budget_moves_window_in_steps(default_tokenizer):
+    tok = default_tokenizer
+    text = "x = 1\n" * 3000
+    tt = TokenizedText.full(tok, text)
+    pr = build_prompt(tt, len(text) - 6, tok, 512)
+    assert len(pr.tokens) <= 512 and pr.window_start % 128 == 0 and pr.window_start > 0
+
+
+def test_heal_guide_masks(default_tokenizer):
+    idx = PieceIndex(default_tokenizer)
+    g = HealGuide(idx, "\n    ")
+    m = g.allowed("")
+    pieces = default_tokenizer.pieces
+    allowed = [pieces[i] for i in torch.nonzero(m).flatten().tolist()]
+    assert allowed and all(p.startswith("\n    ") or "\n    ".startswith(p) for p in allowed)
+    assert g.allowed("\n    ") is None
+
+
+def _greedy_reference(net, ids, steps):
+    out = list(ids)
+    for _ in range(steps):
+        k, v = net.new_cache(len(out) + 1)
+        logits = net.forward(torch.tensor(out), torch.arange(len(out)), k, v, 0)[0]
+        out.append(int(logits.argmax()))
+    return out[len(ids):]
+
+
+def test_greedy_equals_uncached_reference(tiny):
+    net, tok = tiny.net, tiny.tokenizer
+    prompt = tok.encode("def add(a, b):\n    return")
+    c = DocCache(net)
+    c.sync(prompt[:-1])
+    drafts, st = decode(c, prompt, tok, DecodeSpec(k=1, max_tokens=8, method="greedy"))
+    ref = _greedy_reference(net, prompt, 8)
+    assert drafts[0].tokens == [t for t in ref[: len(drafts[0].tokens)]]
+    assert c.tokens == prompt[:-1]  # draft tokens were scratch
+
+
+def test_batched_drafts_each_equal_their_own_greedy(tiny):
+    net, tok = tiny.net, tiny.tokenizer
+    prompt = tok.encode("class A:\n    def m(self):")
+    c = DocCache(net)
+    c.sync(prompt[:-1])
+    drafts, st = decode(c, prompt, tok, DecodeSpec(k=3, max_tokens=6, method="batched"))
+    assert len(drafts) == 3 and len({d.tokens[0] for d in drafts}) == 3
+    for d in drafts:  # every row decoded as if it were alone
+        ref = _greedy_reference(net, prompt + d.tokens[:1], 5)
+        assert d.tokens[1:] == ref[: len(d.tokens) - 1]
+
+
+def test_cancel_stops_within_one_step(tiny):
+    net, tok = tiny.net, tiny.tokenizer
+    prompt = tok.encode("x = [")
+    c = DocCache(net)
+    c.sync(prompt[:-1])
+    ev = threading.Event()
+    calls = {"n": 0}
+    real = net.forward
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            ev.set()
+        return real(*a, **k)
+
+    net.forward = counting
+    try:
+        with pytest.raises(Cancelled):
+            decode(c, prompt, tok, DecodeSpec(k=2, max_tokens=40, cancel=ev))
+    finally:
+        del net.forward
+    assert calls["n"] == 3  # no forward after the one during which cancel was set
+
+
+def test_stop_rules():
+    r = make_stop("x = foo(", ")\n", "")
+    assert r("a, b)\nmore") == len("a, b)")
+    blk = make_stop("def f():\n    ", "\n", "")
+    assert blk("return 1\n\nx") == len("return 1")
+    assert blk("if x:\n        y()\n    z()\n") == len("if x:\n        y()")
+    opener = make_stop("    if x:", "\n", "")
+    assert opener("\n        a()\n        b()\n    c()\n") == len("\n        a()\n        b()")
