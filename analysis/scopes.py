@@ -75,7 +75,7 @@ _PY = ScopeRules(
         "for_in_clause": ("left",), "named_expression": ("name",), "type_alias_statement": ("left",),
     },
     binding_nodes=frozenset({"parameters", "lambda_parameters", "as_pattern_target", "global_statement",
-                             "nonlocal_statement", "case_pattern"}),
+                             "nonlocal_statement", "case_pattern", "type_parameter"}),
     idents=frozenset({"identifier"}),
     skip_fields=frozenset({"value", "type", "default", "right", "body", "return_type"}),
     prune=frozenset({"attribute", "subscript", "call", "keyword_pattern_key"}),

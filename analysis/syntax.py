@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -201,7 +200,6 @@ class SyntaxDocument:
         self.language = language_for(language) or (language if language in LANGUAGES else None)
         self.max_bytes = max_bytes
         self._parser = new_parser(self.language)
-        self._lock = threading.Lock()
         self.text = text
         self.source = text.encode("utf-8", "surrogatepass")
         self.tree: Tree | None = None

@@ -8,6 +8,19 @@ import logging
 log = logging.getLogger(__name__)
 
 
+def warm_up(wait: float | None = None) -> None:
+    """Load jedi and its stubs in the background (its first query takes ~1 s, longer than
+    the per-query budget, so a cold first request would go unconstrained)."""
+    from draftline.analysis.monitors import shared_analyzer
+
+    fut = shared_analyzer(None).warm_up()
+    if wait:
+        try:
+            fut.result(timeout=wait)
+        except Exception:
+            log.warning("jedi warm-up did not finish in %.0f s", wait)
+
+
 def monitor_guides(engine, language: str, doc: str, prompt, others: dict[str, str], settings) -> list:
     """Guides for one request: empty when monitors are off or the language is unknown."""
     if not getattr(settings, "enabled", True):
@@ -21,4 +34,6 @@ def monitor_guides(engine, language: str, doc: str, prompt, others: dict[str, st
         masker = engine._masker = TokenMasker(engine.tok.pieces)
     ms = MonitorSettings(**{k: getattr(settings, k) for k in ("members", "names", "kwargs", "modules", "scopes")})
     mon = MonitorSet(language=language, path=doc, settings=ms, other_documents=others)
-    return [MonitorGuide(mon, masker, prompt.prefix, prompt.suffix)]
+    # the draft re-types the healed text first, so the monitor reads from the prompt's end
+    before = prompt.prefix[: len(prompt.prefix) - len(prompt.heal)]
+    return [MonitorGuide(mon, masker, before, prompt.suffix)]

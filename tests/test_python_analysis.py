@@ -1,0 +1,237 @@
+"""Python: lexical classification of the cursor, and jedi answers (static, safe, budgeted)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import time
+
+import pytest
+
+from draftline.analysis import python as py
+from draftline.analysis.python import PythonAnalyzer, classify, closers, scan
+
+
+def pos(text: str, **kw):
+    return classify(text, scan(text), **kw)
+
+
+# --------------------------------------------------------------------------------------------
+# lexer + classifier
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text, kind, prefix", [
+    ("import os\nos.path.", "member", ""),
+    ("x = foo(os.path.jo", "member", "jo"),
+    ("x = [i for i in y if i.", "member", ""),
+    ("a.b.c().d[0].", "member", ""),
+    ("return va", "name", "va"),
+    ("x = foo ", "after_expr", ""),
+    ("x = foo()", "after_expr", ""),
+    ("x = f(a, ke", "kwarg", "ke"),
+    ("x = f(", "kwarg", ""),
+    ("def f(a", "free", "a"),
+    ("class A(B", "free", "B"),
+    ("for x", "free", "x"),
+    ("for x in ra", "name", "ra"),
+    ("x = lambda q", "free", "q"),
+    ("x = lambda q: q", "name", "q"),
+    ("with open(f) as fh", "free", "fh"),
+    ("import o", "module", "o"),
+    ("import os.pa", "module", "pa"),
+    ("from os import pa", "import_name", "pa"),
+    ("from os.path import (jo", "import_name", "jo"),
+    ("x = 1.", "free", ""),
+    ("@dec", "name", "dec"),
+    ("match x", "name", "x"),
+    ("case Foo", "free", "Foo"),
+    ("y = x if c else ", "name", ""),
+    ("x = [a, b", "free", "b"),  # inside brackets: a comprehension may bind later
+])
+def test_classify(text, kind, prefix):
+    p = pos(text)
+    assert p is not None and (p.kind, p.prefix) == (kind, prefix)
+
+
+@pytest.mark.parametrize("text", ["s = 'abc", "s = f'{x.", "# comment x.", '"""doc\nstring x.', "s = '''a\n'''  # x."])
+def test_no_position_inside_strings_and_comments(text):
+    assert pos(text) is None
+
+
+def test_followers_mark_assignment_targets():
+    assert pos("    self.cou").followers == py.ASSIGN_FOLLOWERS
+    assert pos("x = self.cou").followers == ()
+    assert pos("a, b").followers == py.CHAIN_FOLLOWERS
+    assert pos("a, b = c, d").followers == ()
+    assert pos("while ch").followers == py.WALRUS_FOLLOWERS
+    assert pos("total").followers == py.ASSIGN_FOLLOWERS
+
+
+def test_after_identifier_position():
+    assert pos("return", ident_is_prev=True).kind == "name"
+    assert pos("x = foo", ident_is_prev=True).kind == "after_expr"
+    assert pos("import os", ident_is_prev=True).kind == "after_expr"
+
+
+def test_closers_and_statement_start():
+    text = "x = {'a': [f(1, \"s"
+    st = scan(text)
+    assert closers(st) == '")]}'
+    st2 = scan("a = 1\nb = (2,\n  3)\nc = ")
+    assert "c = " == "a = 1\nb = (2,\n  3)\nc = "[st2.stmt_start:]
+
+
+def test_lexer_fstrings_nest_and_continue_incrementally():
+    text = 'x = f"{d["k"]} and {y}" + foo('
+    st = scan(text)
+    assert st.in_code and [f[0] for f in st.frames] == ["("]
+    half = scan(text[:10])
+    assert scan(text, half) == st
+
+
+# --------------------------------------------------------------------------------------------
+# jedi
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def analyzer(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ws")
+    (root / "helpers.py").write_text("def on_disk():\n    pass\n")
+    an = PythonAnalyzer(workspace_root=str(root), budget_s=20)
+    an.warm_up().result(timeout=60)
+    an.root = root  # type: ignore[attr-defined]
+    return an
+
+
+def members(an: PythonAnalyzer, code: str, after: str = "", **kw):
+    res = an.query("members", code, after, **kw)
+    return None if res is None else res.names
+
+
+def test_members_of_module_and_submodule(analyzer):
+    names = members(analyzer, "import os\nx = os.path.")
+    assert {"join", "dirname", "exists", "sep"} <= names and "append" not in names
+    assert {"path", "getcwd", "environ"} <= members(analyzer, "import os\nos.")
+
+
+def test_members_of_call_result(analyzer):
+    names = members(analyzer, "import collections\nd = collections.OrderedDict().")
+    assert {"move_to_end", "popitem", "keys", "items"} <= names and "append" not in names
+
+
+def test_members_of_class_in_same_file_include_init_attributes_and_later_code(analyzer):
+    code = "class Box:\n    def __init__(self):\n        self.size = 1\n    def grow(self):\n        pass\n"
+    names = members(analyzer, code + "b = Box()\nb.")
+    assert {"size", "grow", "__init__"} <= names
+    # the class is defined *after* the cursor
+    names2 = members(analyzer, "def use():\n    return Late().", "\nclass Late:\n    def later_method(self): pass\n")
+    assert "later_method" in names2
+
+
+def test_members_from_another_open_document_use_its_unsaved_text(analyzer):
+    path = str(analyzer.root / "helpers.py")
+    names = members(analyzer, "import helpers\nhelpers.", path=str(analyzer.root / "main.py"),
+                    open_documents={path: "def unsaved_func():\n    pass\n"})
+    assert "unsaved_func" in names and "on_disk" not in names
+    # without the overlay jedi reads the file on disk, and the overlay did not stick in a cache
+    names_disk = members(analyzer, "import helpers\nhelpers.", path=str(analyzer.root / "main.py"))
+    assert "on_disk" in names_disk and "unsaved_func" not in names_disk
+
+
+@pytest.mark.parametrize("code", [
+    "class G:\n    def __getattr__(self, name):\n        return 1\nG().",
+    "class H(NotDefinedAnywhere):\n    pass\nH().",
+    "import argparse\nargs = argparse.ArgumentParser().parse_args()\nargs.",
+    "x = unknown_function()\nx.",
+    "def f(**kw):\n    kw['a'].",
+])
+def test_dynamic_or_unknown_receivers_give_no_constraint(analyzer, code):
+    assert members(analyzer, code) is None
+
+
+def test_keyword_arguments(analyzer):
+    kw = analyzer.query("kwargs", "def f(a, b=1, /, c=2, *, d):\n    pass\nf(", "")
+    assert kw.names == {"c", "d"}
+    dc = "import dataclasses\n@dataclasses.dataclass\nclass P:\n    x: int\n    y: str = ''\nP("
+    assert analyzer.query("kwargs", dc, "").names == {"x", "y"}
+    assert analyzer.query("kwargs", "def g(a, **extra):\n    pass\ng(", "") is None
+    assert analyzer.query("kwargs", "dict(", "") is None
+    assert analyzer.query("kwargs", "import subprocess\nsubprocess.run(", "").names >= {"check", "capture_output", "cwd"}
+
+
+def test_modules_and_from_import(analyzer):
+    mods = analyzer.query("complete", "import ", "").names
+    assert {"os", "json", "collections", "helpers"} <= mods
+    assert "path" in analyzer.query("complete", "import os.", "").names
+    assert {"OrderedDict", "defaultdict"} <= analyzer.query("complete", "from collections import ", "").names
+
+
+def test_repeat_queries_hit_the_cache_in_microseconds(analyzer):
+    code = "import os\nos.path."
+    members(analyzer, code)
+    t = time.perf_counter()
+    for _ in range(200):
+        analyzer.query("members", code, "")
+    per = (time.perf_counter() - t) / 200
+    print(f"cached query: {per * 1e6:.1f} us")
+    assert per < 0.001
+
+
+def test_budget_returns_none_and_the_answer_lands_later():
+    an = PythonAnalyzer(budget_s=0.05)
+
+    def slow(before, after, path):
+        time.sleep(0.4)
+        return py.Completions(frozenset({"late"}))
+
+    an._members = slow  # type: ignore[method-assign]
+    t = time.perf_counter()
+    assert an.query("members", "x.", "") is None
+    assert time.perf_counter() - t < 0.3
+    assert an.query("members", "x.", "") is None  # still running: no second wait
+    time.sleep(0.5)
+    assert an.query("members", "x.", "").names == {"late"}
+
+
+def test_failures_are_unknown():
+    an = PythonAnalyzer(budget_s=5)
+
+    def boom(before, after, path):
+        raise RuntimeError("jedi crashed")
+
+    an._members = boom  # type: ignore[method-assign]
+    assert an.query("members", "y.", "") is None
+
+
+# --------------------------------------------------------------------------------------------
+# safety: no workspace code runs
+# --------------------------------------------------------------------------------------------
+def test_workspace_python_is_parsed_not_executed(tmp_path):
+    marker = tmp_path / "EXECUTED"
+    (tmp_path / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\ndef payload():\n    pass\n")
+    an = PythonAnalyzer(workspace_root=str(tmp_path), budget_s=30)
+    names = members(an, "import evil\nevil.", path=str(tmp_path / "main.py"))
+    assert "payload" in names
+    assert not marker.exists()
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler")
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_workspace_extension_module_is_never_loaded(tmp_path, monkeypatch):
+    marker = tmp_path / "LOADED"
+    src = tmp_path / "evil_ext.c"
+    src.write_text(
+        '#include <stdio.h>\n'
+        f'__attribute__((constructor)) static void boom(void) {{ FILE *f = fopen("{marker}", "w"); if (f) fclose(f); }}\n'
+        'int PyInit_evil_ext(void) { return 0; }\n')
+    so = tmp_path / ("evil_ext" + sysconfig.get_config_var("EXT_SUFFIX"))
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(so), str(src)], check=True)
+    # even with the workspace on sys.path (server started from it), jedi must not dlopen it
+    monkeypatch.syspath_prepend(str(tmp_path))
+    an = PythonAnalyzer(workspace_root=str(tmp_path), budget_s=30)
+    an.query("members", "import evil_ext\nevil_ext.", "", path=str(tmp_path / "main.py"))
+    an.query("complete", "import evil", "", path=str(tmp_path / "main.py"))
+    assert not marker.exists()
+    env = an._jedi_objects()[0]
+    assert str(tmp_path) not in env.get_sys_path()
