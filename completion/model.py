@@ -197,7 +197,8 @@ def pick_dtype(device: str, dtype: str | None) -> torch.dtype:
 
 def load(spec: str | None = None, *, progress: Progress = _noop, dtype: str | None = None,
          quantize: str | None = "none", allow_fetch: bool = True) -> LoadedModel:
-    """Resolve, then load weights and tokenizer. `quantize`: "int8", "none" or "auto"."""
+    """Resolve, then load weights and tokenizer. `quantize`: "none", "int8" (fbgemm int8
+    weights + dynamic int8 activations) or "bf16" (bf16 weights, fp32 activations)."""
     from .tokens import Tokenizer
 
     t0 = time.perf_counter()
@@ -216,8 +217,10 @@ def load(spec: str | None = None, *, progress: Progress = _noop, dtype: str | No
     except Exception as e:  # corrupt safetensors etc.
         raise ModelError(f"{d}: cannot load weights: {e}") from e
     del state
-    if quantize == "int8" or (quantize == "auto" and net.dtype == torch.float32):
+    if quantize == "int8":
         net.quantize_int8()
+    elif quantize in ("bf16", "bfloat16"):
+        net.cast_weights(torch.bfloat16)
     tok = Tokenizer.from_dir(d, cfg)
     ms = (time.perf_counter() - t0) * 1000
     progress("model ready", 100)
@@ -241,7 +244,7 @@ def describe(net: Transformer, d: Path) -> dict:
         "context_length": c.max_positions,
         "sliding_window": c.sliding_window,
         "dtype": str(net.dtype).replace("torch.", ""),
-        "weights": "int8 (per-channel, weight-only)" if net.quantized else str(net.dtype).replace("torch.", ""),
+        "weights": net.quantized or str(net.dtype).replace("torch.", ""),
         "weight_bytes": net.param_bytes,
         "kv_bytes_per_token": net.cache_bytes_per_token(),
     }

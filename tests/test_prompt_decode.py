@@ -112,3 +112,25 @@ def test_stop_rules():
     assert blk("if x:\n        y()\n    z()\n") == len("if x:\n        y()")
     opener = make_stop("    if x:", "\n", "")
     assert opener("\n        a()\n        b()\n    c()\n") == len("\n        a()\n        b()")
+
+
+def test_fim_prompt_for_models_with_fim_tokens(default_model_dir):
+    """A tokenizer with StarCoder-style FIM tokens gets prefix/suffix/middle prompts."""
+    from tokenizers import AddedToken
+    from tokenizers import Tokenizer as HF
+
+    from draftline.completion.tokens import Tokenizer
+
+    hf = HF.from_file(str(default_model_dir / "tokenizer.json"))
+    hf.add_special_tokens([AddedToken(t, special=True) for t in ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")])
+    tok = Tokenizer(hf)
+    assert tok.fim is not None
+    text = "def f(x):\n    return x + 1\n\nprint(f(2))\n"
+    cursor = text.index("x + 1")
+    pr = build_prompt(TokenizedText.full(tok, text), cursor, tok, 512, suffix_budget=64)
+    assert pr.fim and pr.tokens[0] == tok.fim.prefix and pr.tokens[-1] == tok.fim.middle
+    i = pr.tokens.index(tok.fim.suffix)
+    assert tok.decode(pr.tokens[1:i]) + pr.heal == text[:cursor]
+    assert tok.decode(pr.tokens[i + 1:-1]) == text[cursor:]
+    # a literal FIM marker in the file stays text
+    assert tok.fim.prefix not in tok.encode("s = '<fim_prefix>'")

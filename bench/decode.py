@@ -1,0 +1,132 @@
+"""Decode speed at 2k context: transformers' own forward vs draftline's decoder (fp32,
+bf16 weights, int8), side by side in one run, plus the memory floor and, for each reduced
+precision, how often its next token agrees with fp32 on real code.
+
+    python bench/decode.py [--context 2000] [--steps 16] [--agree-positions 200] [--json]
+
+floor_ms_per_token = bytes of weights read per token / measured read bandwidth (a large
+tensor summed with the same thread count). Last line `--json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def stdlib() -> Path:
+    import json as _j
+
+    return Path(_j.__file__).resolve().parents[1]
+
+
+def read_bandwidth_gbs(mb: int = 1024) -> float:
+    x = torch.ones(mb * 2**20 // 4)
+    x.sum()
+    ts = []
+    for _ in range(5):
+        t = time.perf_counter()
+        x.sum()
+        ts.append(time.perf_counter() - t)
+    return x.nbytes / min(ts) / 1e9
+
+
+def ours_ms(net, ids: list[int], steps: int) -> float:
+    n = len(ids)
+    k, v = net.new_cache(n + steps + 1)
+    net.forward(torch.tensor(ids), torch.arange(n), k, v, 0, logits_rows=None)
+    ts = []
+    tok = ids[-1]
+    for i in range(steps):
+        t = time.perf_counter()
+        logits = net.forward(torch.tensor([tok]), torch.tensor([n + i]), k, v, n + i)[0]
+        tok = int(logits.argmax())
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts) * 1000
+
+
+def hf_ms(path: Path, ids: list[int], steps: int) -> float:
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    with torch.no_grad():
+        out = hf(torch.tensor([ids]), use_cache=True)
+        past = out.past_key_values
+        tok = out.logits[0, -1].argmax().view(1, 1)
+        ts = []
+        for _ in range(steps):
+            t = time.perf_counter()
+            out = hf(tok, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            tok = out.logits[0, -1].argmax().view(1, 1)
+            ts.append(time.perf_counter() - t)
+    return statistics.median(ts) * 1000
+
+
+def decode_logits(net, ids: list[int], start: int) -> torch.Tensor:
+    """Next-token logits at every position >= start, one decode step each (as served)."""
+    k, v = net.new_cache(len(ids) + 1)
+    net.forward(torch.tensor(ids[:start]), torch.arange(start), k, v, 0, logits_rows=None)
+    rows = [net.forward(torch.tensor([ids[i]]), torch.tensor([i]), k, v, i)[0] for i in range(start, len(ids))]
+    return torch.stack(rows)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--context", type=int, default=2000)
+    ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--agree-positions", type=int, default=200)
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    from draftline.completion import model as M
+
+    torch.set_num_threads(2)
+    base = M.load(None)
+    tok = base.tokenizer
+    text = "".join((stdlib() / f).read_text(encoding="utf-8") for f in ("textwrap.py", "shlex.py", "json/decoder.py"))
+    ids = tok.encode(text)[: a.context]
+    variants = {"fp32": base.net, "bf16": M.load(None, quantize="bf16").net, "int8": M.load(None, quantize="int8").net}
+    bw = read_bandwidth_gbs()
+    rows = {}
+    for name, net in variants.items():
+        rows[name] = {"ms_per_token": ours_ms(net, ids, a.steps), "weight_mb": net.weight_bytes / 1e6,
+                      "floor_ms": net.weight_bytes / (bw * 1e9) * 1000}
+    hf = hf_ms(base.path, ids, a.steps)
+    # agreement with fp32 on real code (other files than the timing text)
+    code = tok.encode((stdlib() / "argparse.py").read_text(encoding="utf-8"))[:256 + a.agree_positions]
+    ref = decode_logits(base.net, code, 256)
+    for name in ("bf16", "int8"):
+        got = decode_logits(variants[name], code, 256)
+        rows[name]["top1_agree"] = float((got.argmax(-1) == ref.argmax(-1)).float().mean())
+    rows["fp32"]["top1_agree"] = 1.0
+    default = "fp32"  # reduced precisions become the default only at >= 0.97 agreement
+    for name in ("int8", "bf16"):
+        if rows[name]["top1_agree"] >= 0.97 and rows[name]["ms_per_token"] < rows[default]["ms_per_token"]:
+            default = name
+            break
+    print(f"decode at {len(ids)} tokens of context, SmolLM2-135M, {torch.get_num_threads()} threads; "
+          f"read bandwidth {bw:.1f} GB/s")
+    print(f"{'path':22} {'ms/token':>9} {'vs HF':>6} {'weights MB':>10} {'floor ms':>9} {'top1 agree':>10}")
+    print(f"{'transformers (fp32)':22} {hf:>9.1f} {1.0:>6.2f}")
+    for name, r in rows.items():
+        print(f"{'draftline ' + name:22} {r['ms_per_token']:>9.1f} {hf / r['ms_per_token']:>6.2f} "
+              f"{r['weight_mb']:>10.0f} {r['floor_ms']:>9.1f} {r['top1_agree']:>10.3f}")
+    res = {"ms_per_token": round(rows[default]["ms_per_token"], 2), "default": default,
+           "hf_ms_per_token": round(hf, 2), "floor_ms_per_token": round(rows[default]["floor_ms"], 2),
+           "bandwidth_gbs": round(bw, 2), "context": len(ids),
+           **{f"{k}_ms_per_token": round(r["ms_per_token"], 2) for k, r in rows.items()},
+           **{f"{k}_top1_agree": round(r["top1_agree"], 4) for k, r in rows.items() if k != "fp32"},
+           **{f"{k}_floor_ms": round(r["floor_ms"], 2) for k, r in rows.items()}}
+    if a.json:
+        print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
