@@ -117,7 +117,8 @@ class DecodeSpec:
     cancel: threading.Event | None = None
     method: str = "batched"  # "greedy" (k=1), "batched", "superposed", "sequential", "beam"
     ngram: object | None = None  # completion.ngram.NGram for superposed scoring
-    alpha: float = 0.54
+    alpha: float = 0.25  # superposed: n-gram weight (paper 0.54; bench/drafts.py measured 0.25 better on code)
+    reset_after: int = 0  # superposed: continue drafts exactly after this many steps (0 = never)
 
 
 def _mask_for(spec: DecodeSpec, draft: str) -> torch.Tensor | None:
@@ -187,7 +188,11 @@ def decode(cache: DocCache, prompt: list[int], tok: Tokenizer, spec: DecodeSpec)
         elif method == "superposed":
             from .superposed import superposed
 
-            drafts = superposed(cache, n, logits, tok, spec, st)
+            drafts = superposed(cache, n, logits, tok, spec, st, prompt=prompt)
+        elif method == "beam":
+            from .beam import beam
+
+            drafts = beam(cache, n, logits, tok, spec, st)
         elif method == "sequential":
             drafts = []
             for _ in range(spec.k):

@@ -29,7 +29,7 @@ class EngineConfig:
     max_tokens: int = 48  # per draft
     context_tokens: int = 2048  # prompt budget (prefix + suffix)
     suffix_tokens: int = 256  # part of the budget for the text after the cursor (FIM models)
-    method: str = "batched"  # see completion.decode
+    method: str = "superposed"  # see completion.decode; measured in bench/drafts.py
     pie: bool = True  # re-rotate on edits; False = re-encode from the first change
     cache_budget_mb: int = 4096  # all documents' KV caches together
     stale_limit: int = 512  # re-encode exactly once this many tokens are stale
@@ -90,6 +90,7 @@ class Engine:
         self.texts: dict[str, TokenizedText] = {}
         self.pieces = PieceIndex(self.tok)
         self.guide_factory = None  # set by the server: (doc, prompt) -> list[Guide]
+        self.ngram = None  # completion.ngram.NGram of the workspace, set by the server
         self.retokenized_chars = 0
 
     # -- documents -------------------------------------------------------------------------
@@ -153,6 +154,9 @@ class Engine:
         t2 = time.perf_counter()
         if guides is None and self.guide_factory is not None and cfg.monitors:
             guides = self.guide_factory(doc, pr)
+        ng = self.ngram
+        if ng is not None:  # other documents' pending edits; this one's tokens as they are
+            ng.flush(current=(doc, self.texts[doc].ids))
         spec = DecodeSpec(
             k=k or cfg.k,
             max_tokens=max_tokens or cfg.max_tokens,
@@ -161,6 +165,7 @@ class Engine:
             heal=HealGuide(self.pieces, pr.heal) if pr.heal else None,
             cancel=cancel,
             method=method or cfg.method,
+            ngram=ng,
         )
         cache = self.caches.get(doc)
         drafts, ds = decode(cache, pr.tokens, self.tok, spec)

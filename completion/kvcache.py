@@ -189,9 +189,11 @@ class DocCache:
             return
         cap = ((n + CHUNK - 1) // CHUNK) * CHUNK
         k, v = self.net.new_cache(cap)
-        used = len(self.tokens)
-        k[:, :, :used] = self.k[:, :, :used]
-        v[:, :, :used] = self.v[:, :, :used]
+        # every old slot, not just the prompt's: a decode may hold scratch tokens (the last
+        # prompt token fed with the request, draft tokens) past len(self.tokens)
+        old = self.capacity
+        k[:, :, :old] = self.k
+        v[:, :, :old] = self.v
         self.k, self.v = k, v
 
     def shrink(self, extra: int) -> None:

@@ -40,7 +40,7 @@ class Settings:
     idle_refresh_ms: int = 1500  # idle time before the stale cache is re-encoded exactly
     stale_limit: int = 512
     cache_budget_mb: int = 4096
-    method: str = "batched"
+    method: str = "superposed"  # bench/drafts.py: k=3 at ~1.16x greedy
     pie: bool = True
     monitors: MonitorSettings = field(default_factory=MonitorSettings)
     log_level: str = "INFO"

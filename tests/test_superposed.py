@@ -1,0 +1,258 @@
+"""Superposed decoding (completion/superposed.py) and beam search (completion/beam.py)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from draftline.completion.decode import (DecodeSpec, DecodeStats, HealGuide, PieceIndex, _first_logits, decode)
+from draftline.completion.kvcache import Cancelled, DocCache
+from draftline.completion.ngram import NGram
+from draftline.completion.prompt import build_prompt
+from draftline.completion.stops import StopRule
+from draftline.completion.superposed import ensure_capacity, superposed
+from draftline.completion.tokens import TokenizedText
+
+
+def _ready(net, prompt):
+    c = DocCache(net)
+    c.sync(prompt[:-1])
+    return c
+
+
+def _run_superposed(net, tok, prompt, spec):
+    """What decode() does around a method, calling superposed directly (decode() maps
+    k=1 to greedy)."""
+    c = _ready(net, prompt)
+    n = len(prompt)
+    c.reserve(n + spec.max_tokens * spec.k + 1)
+    st = DecodeStats()
+    with c.lock:
+        logits = _first_logits(c, prompt)
+        drafts = superposed(c, n, logits, tok, spec, st, prompt=prompt)
+    assert c.tokens == prompt[:-1]
+    return drafts, st
+
+
+def _exact_logprob(net, prompt, tokens):
+    k, v = net.new_cache(len(prompt) + len(tokens) + 1)
+    seq = prompt + tokens
+    logits = net.forward(torch.tensor(seq), torch.arange(len(seq)), k, v, 0, logits_rows=slice(None))
+    lp = torch.log_softmax(logits, -1)
+    return sum(float(lp[len(prompt) - 1 + i, t]) for i, t in enumerate(tokens))
+
+
+def _greedy_ref(net, ids, steps):
+    out = list(ids)
+    for _ in range(steps):
+        k, v = net.new_cache(len(out) + 1)
+        out.append(int(net.forward(torch.tensor(out), torch.arange(len(out)), k, v, 0)[0].argmax()))
+    return out[len(ids):]
+
+
+def test_superposed_k1_equals_greedy(tiny):
+    net, tok = tiny.net, tiny.tokenizer
+    prompt = tok.encode("def add(a, b):\n    return")
+    sp, _ = _run_superposed(net, tok, prompt, DecodeSpec(k=1, max_tokens=10, method="superposed"))
+    gr, _ = decode(_ready(net, prompt), prompt, tok, DecodeSpec(k=1, max_tokens=10, method="greedy"))
+    assert len(sp) == 1 and sp[0].tokens == gr[0].tokens
+    assert sp[0].logprob == pytest.approx(gr[0].logprob, abs=1e-4)
+
+
+@pytest.mark.parametrize("with_ngram", [False, True])
+def test_superposed_drafts_distinct_one_row_per_step(tiny, with_ngram):
+    net, tok = tiny.net, tiny.tokenizer
+    text = "class A:\n    def m(self):\n        return self.x + self.y\n    def n(self):\n        return"
+    prompt = tok.encode(text)
+    ng = None
+    if with_ngram:
+        ng = NGram(tok)
+        ng.set_text("doc", text)
+    rows = []
+    real = net.forward
+
+    def spy(x, *a, **kw):
+        rows.append(tuple(x.shape))
+        return real(x, *a, **kw)
+
+    net.forward = spy
+    try:
+        drafts, st = _run_superposed(net, tok, prompt, DecodeSpec(k=3, max_tokens=8, method="superposed", ngram=ng))
+    finally:
+        del net.forward
+    texts = [d.text for d in drafts]
+    assert len(drafts) == 3 and len(set(texts)) == 3
+    mixed = [r for r in rows if len(r) == 2]  # embedding inputs: the superposed steps
+    assert mixed and all(r == (1, net.cfg.dim) for r in mixed) and len(mixed) == st.steps
+    assert st.steps < 8  # all drafts ran in the same pass, the longest one bounds it
+
+
+def test_anchor_is_the_greedy_draft_and_early_exit_bounds_the_pass(tiny):
+    net, tok = tiny.net, tiny.tokenizer
+    text = "def area(w, h):\n    return w * h\n\ndef volume(w, h, d):\n    return"
+    prompt = tok.encode(text)
+    ng = NGram(tok)
+    ng.set_text("doc", text)
+    spec = DecodeSpec(k=3, max_tokens=16, method="superposed", ngram=ng)
+    drafts, st = decode(_ready(net, prompt), prompt, tok, spec)
+    greedy, gst = decode(_ready(net, prompt), prompt, tok, DecodeSpec(k=1, max_tokens=16, method="greedy"))
+    assert drafts[0].tokens == greedy[0].tokens  # draft 1 is bitwise greedy (ANCHOR = 1)
+    assert [d.logprob for d in drafts] == sorted((d.logprob for d in drafts), reverse=True)
+    L = len(greedy[0].tokens) - 1  # greedy's passes after the first distribution
+    assert st.steps <= L + max(2, -(-L * 3 // 10)) + 1
+
+
+def test_superposed_respects_healing_and_stop(tiny):
+    net, tok = tiny.net, tiny.tokenizer
+    text = "def f(x):\n    y = x\n    return y\n"
+    cursor = text.index("return")
+    pr = build_prompt(TokenizedText.full(tok, text), cursor, tok, 2048)
+    assert pr.heal.endswith("    ")
+    spec = DecodeSpec(k=3, max_tokens=12, method="superposed", heal=HealGuide(PieceIndex(tok), pr.heal),
+                      stop=StopRule(pr.heal, True, 0))
+    drafts, _ = decode(_ready(tiny.net, pr.tokens), pr.tokens, tok, spec)
+    assert drafts
+    for d in drafts:
+        full = d.final_text(tok)
+        assert full.startswith(pr.heal)
+        assert "\n" not in full[len(pr.heal):]  # cut at the end of the line
+
+
+def test_superposed_cancel_within_one_step(tiny):
+    net, tok = tiny.net, tiny.tokenizer
+    prompt = tok.encode("x = [")
+    ev = threading.Event()
+    calls = {"n": 0}
+    real = net.forward
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            ev.set()
+        return real(*a, **k)
+
+    c = _ready(net, prompt)
+    net.forward = counting
+    try:
+        with pytest.raises(Cancelled):
+            decode(c, prompt, tok, DecodeSpec(k=3, max_tokens=40, cancel=ev, method="superposed"))
+    finally:
+        del net.forward
+    assert calls["n"] == 3
+
+
+def test_superposed_reset_continues_each_draft_exactly(tiny):
+    net, tok = tiny.net, tiny.tokenizer
+    prompt = tok.encode("import os\nfor name in os.listdir('.'):\n    print(")
+    drafts, _ = decode(_ready(net, prompt), prompt, tok,
+                       DecodeSpec(k=3, max_tokens=9, method="superposed", reset_after=3))
+    assert len(drafts) == 3
+    for d in drafts:  # after 4 superposed tokens (1 + reset_after), exact greedy per draft
+        assert len(d.tokens) == 9
+        assert d.tokens[4:] == _greedy_ref(net, prompt + d.tokens[:4], 5)
+
+
+def test_reset_grows_the_cache_without_losing_the_last_prompt_token(tiny):
+    """decode() reserves prompt + k * max_tokens slots; the reset's tree needs more. Growing
+    the cache must keep slot n-1 (the last prompt token, not in `cache.tokens`)."""
+    from draftline.completion.kvcache import CHUNK
+
+    net, tok = tiny.net, tiny.tokenizer
+    ids = tok.encode("values = [" + ", ".join(str(i) for i in range(400)))
+    spec = DecodeSpec(k=3, max_tokens=9, method="superposed", reset_after=3)
+    prompt = ids[: CHUNK - spec.k * spec.max_tokens - 1]  # decode() fills the chunk exactly
+    c = _ready(net, prompt)
+    drafts, _ = decode(c, prompt, tok, spec)
+    assert c.capacity > CHUNK
+    for d in drafts:
+        assert d.tokens[4:] == _greedy_ref(net, prompt + d.tokens[:4], len(d.tokens) - 4)
+    # the helper itself: slots past the synced tokens survive growth
+    n = len(prompt)
+    c.k[:, :, n - 1] = 7.0
+    ensure_capacity(c, 4 * CHUNK, keep=n)
+    assert c.capacity >= 4 * CHUNK and bool((c.k[:, :, n - 1] == 7.0).all())
+
+
+def test_beam_logprobs_exact_and_drafts_distinct(tiny):
+    net, tok = tiny.net, tiny.tokenizer
+    prompt = tok.encode("def main():\n    args =")
+    drafts, st = decode(_ready(net, prompt), prompt, tok, DecodeSpec(k=3, max_tokens=6, method="beam"))
+    assert len(drafts) == 3 and len({d.text for d in drafts}) == 3
+    for d in drafts:  # the tree mask gives every beam its own exact context
+        assert d.logprob == pytest.approx(_exact_logprob(net, prompt, d.tokens), abs=1e-3)
+    greedy, _ = decode(_ready(net, prompt), prompt, tok, DecodeSpec(k=1, max_tokens=6, method="greedy"))
+    assert drafts[0].logprob >= greedy[0].logprob - 1e-4
+
+
+class _FakeTok:
+    pieces = ["a", "b", "c", "d", "e", ""]
+    stop_ids = frozenset({5})
+
+    def decode(self, ids):
+        return "".join(self.pieces[i] for i in ids)
+
+
+class _FakeNet:
+    """Next-token distribution given only the last token: greedy's first choice (a, p=.5)
+    leads to a flat distribution, the runner-up (b, p=.4) to a sure c."""
+
+    def __init__(self):
+        P = torch.full((6, 6), 1e-6)
+        P[4, 0], P[4, 1] = 0.5, 0.4  # after the prompt (e)
+        P[0, 2] = P[0, 3] = P[0, 4] = 0.33  # after a
+        P[1, 2] = 0.95  # after b
+        P[2:4, 4] = 0.9
+        self.table = torch.log(P / P.sum(-1, keepdim=True))
+
+    def new_cache(self, capacity):
+        return torch.zeros(1, 1, capacity, 1), torch.zeros(1, 1, capacity, 1)
+
+    def forward(self, x, positions, k, v, start, mask=None, logits_rows=slice(-1, None)):
+        if logits_rows is None:
+            return None
+        return self.table[x][logits_rows]
+
+
+def test_beam_beats_greedy_on_a_constructed_case():
+    net, tok = _FakeNet(), _FakeTok()
+    c = DocCache(net)
+    spec = DecodeSpec(k=2, max_tokens=2, method="beam")
+    drafts, _ = decode(c, [4], tok, spec)
+    greedy, _ = decode(DocCache(net), [4], tok, DecodeSpec(k=1, max_tokens=2, method="greedy"))
+    assert greedy[0].tokens[0] == 0  # greedy takes a, then at most .33
+    assert drafts[0].tokens == [1, 2]  # beam finds b c: .4 * .95 > .5 * .33
+    assert drafts[0].logprob > greedy[0].logprob + 0.5
+
+
+@pytest.mark.real_model
+def test_superposed_real_model_with_workspace_ngram(default_model):
+    """On real code: k distinct drafts that re-type the healed text and stop at the end of
+    the line, for about the passes of one greedy draft."""
+    from conftest import stdlib_source
+
+    net, tok = default_model.net, default_model.tokenizer
+    src = stdlib_source("json/decoder.py")
+    at = src.index("        if nextchar == '}':")  # a line inside JSONObject
+    cursor = at + 8
+    doc = src[:cursor] + src[src.index("\n", cursor):]
+    ng = NGram(tok)
+    ng.set_text("json/decoder.py", doc)
+    pr = build_prompt(TokenizedText.full(tok, doc), cursor, tok, 256)
+    heal = HealGuide(PieceIndex(tok), pr.heal)
+    stop = StopRule(pr.heal, True, 0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a shared 2-core machine: one thread is the faster one under load
+    try:
+        c = _ready(net, pr.tokens)
+        sp, st = decode(c, pr.tokens, tok, DecodeSpec(k=3, max_tokens=16, method="superposed", ngram=ng,
+                                                       heal=heal, stop=stop))
+        gr, gst = decode(c, pr.tokens, tok, DecodeSpec(k=1, max_tokens=16, method="greedy", heal=heal, stop=stop))
+    finally:
+        torch.set_num_threads(threads)
+    lines = [d.final_text(tok) for d in sp]
+    assert len(sp) == 3 and len(set(lines)) == 3
+    assert all(x.startswith(pr.heal) and "\n" not in x[len(pr.heal):] for x in lines)
+    assert lines[0] == gr[0].final_text(tok)  # the anchor
+    assert st.steps <= gst.steps + max(2, -(-gst.steps * 3 // 10)) + 1  # about one greedy pass
