@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -60,7 +61,7 @@ class StepConstraint:
         token starts an identifier, if it starts with an identifier character at all).
     candidates: the valid full identifiers here; None = any identifier.
     followers: ``(text, names)`` pairs: an identifier *outside* ``candidates`` is still valid
-        when what follows it (after spaces/tabs) starts with ``text`` and it is in ``names``
+        when what follows it (after spaces/tabs; for a quote: directly) starts with ``text`` and it is in ``names``
         (None = any name).  ``"="`` never matches ``"=="`` and ``":"`` never matches
         ``":="``.  Used for assignment targets (``self.count = 0`` creates ``count``), keyword
         arguments (``f(key=`` needs ``key`` among the parameters while ``f(key`` may be a
@@ -124,6 +125,8 @@ def follower_kind(r2: str) -> str | None:
 
 
 FOLLOWER_KINDS = ("=", ":", ":=", ",", '"', "'")
+#: followers that apply only right after the identifier (string prefixes), never after a space
+QUOTE_KINDS = ('"', "'")
 
 
 def _in(names: frozenset[str] | None, word: str) -> bool:
@@ -136,15 +139,20 @@ def _could_continue(c: StepConstraint, word: str) -> bool:
     return any(n is None or any(x.startswith(word) for x in n) for _, n in c.followers)
 
 
-def _could_end(c: StepConstraint, word: str) -> bool:
-    return _in(c.candidates, word) or any(_in(n, word) for _, n in c.followers)
+def _could_end(c: StepConstraint, word: str, quotes: bool = True) -> bool:
+    return _in(c.candidates, word) or any(_in(n, word) for f, n in c.followers if quotes or f not in QUOTE_KINDS)
 
 
-def _ends_ok(c: StepConstraint, word: str, rest: str) -> bool:
+def _ends_ok(c: StepConstraint, word: str, rest: str, closed: bool = False) -> bool:
+    """Whether ``word`` is acceptable as finished with ``rest`` after it.  A quote makes it a
+    string prefix only when it follows the word directly (``f"``, not ``return "``)."""
     r2 = rest.lstrip(" \t")
+    spaced = closed or len(r2) != len(rest)
     if r2 == "":
-        return _could_end(c, word)
+        return _could_end(c, word, quotes=not spaced)
     kind = follower_kind(r2)
+    if spaced and kind in QUOTE_KINDS:
+        kind = None
     for f, names in c.followers:
         if f == kind:
             return _in(names, word)
@@ -154,7 +162,7 @@ def _ends_ok(c: StepConstraint, word: str, rest: str) -> bool:
 def _allows(c: StepConstraint, t: str, top: bool) -> bool:
     p = c.prefix
     if p and c.closed:
-        if not _ends_ok(c, p, t):
+        if not _ends_ok(c, p, t, closed=True):
             return False
         if c.after_space is not None and top:
             rest = t.lstrip(" \t")
@@ -194,9 +202,17 @@ class MonitorSettings:
     tree-sitter scopes, only in files whose name world is closed (see
     ``scopes.world_is_closed``).
     dot_lookahead: how ``after_dot`` is computed when the text ends with an expression:
-    "wait" (query jedi within the budget), "prefetch" (use it if cached, else start the query
-    and leave dot tokens unconstrained this step), "off".  "auto" = "wait" unless the masker
-    says the vocabulary has almost no ``.identifier`` tokens.
+    "wait" (query jedi within the budget), "prefetch" (use it if known, else start the query
+    and allow any identifier after the dot this step), "cached" (use it if known, never start
+    a query for it), "off" (any identifier after the dot).  "auto" = "wait", or "cached" when
+    the masker says the vocabulary has almost no ``.identifier`` tokens (SmolLM2: the dot is
+    its own token, so the member list is asked for one step later anyway; a speculative
+    query would only compete with the decoder for the CPU and the GIL).
+    Whatever the setting, syntax alone says a dot after an expression is followed by an
+    identifier, so ``.*`` or ``.(`` is blocked even when the members are unknown.
+    start_budget_s: how long the steps that re-type the healed text (the request start: the
+    cursor's own query, already started when the session was made) wait for jedi at least;
+    later steps wait the analyzer's per-query budget (``PythonAnalyzer.budget_s``) at most.
     max_statement_chars: a statement longer than this (a giant literal) is not classified.
     """
 
@@ -206,6 +222,7 @@ class MonitorSettings:
     modules: bool = True
     scopes: bool = True
     dot_lookahead: str = "auto"
+    start_budget_s: float = 2.0
     max_statement_chars: int = 20_000
     max_parse_bytes: int = DEFAULT_MAX_PARSE_BYTES
 
@@ -218,6 +235,7 @@ class Query:
     text: str
     position: object  # python.PyPosition or _GenericPosition
     wait: bool = True
+    start: bool = True  # False: use a cached answer only, start no query
 
 
 class Monitor(Protocol):
@@ -240,9 +258,11 @@ class MembersMonitor:
 
     def constraint(self, q: Query) -> StepConstraint | None:
         pos = q.position
-        res = q.session.python_query("members", q.text, pos.anchor, wait=q.wait)
+        res = q.session.python_query("members", q.text, pos.anchor, wait=q.wait, start=q.start)
         if res is None:
-            return None
+            # members unknown (dynamic, over budget, not analysable): syntax still says that
+            # right after `expr.` only an identifier can come (any identifier).
+            return _IDENT_ONLY if not pos.prefix else None
         return StepConstraint(prefix=pos.prefix, candidates=res.names,
                               followers=tuple((f, None) for f in pos.followers), other=False)
 
@@ -364,6 +384,8 @@ def _generic_classify(text: str, window: int = 4000) -> _GenericPosition | None:
 # ----------------------------------------------------------------------------------------
 _UNSET = object()
 _NO_IDENTIFIER = StepConstraint(candidates=frozenset(), other=True)
+#: right after `expr.`: any identifier, nothing else (members unknown).
+_IDENT_ONLY = StepConstraint(candidates=None, other=False)
 
 
 class PythonKey:
@@ -379,9 +401,21 @@ class MonitorSession:
 
     The lexical state at the cursor, the names in scope there, and cache keys are computed
     once; each step only lexes and classifies the draft.
+
+    ``heal``: text the draft re-types first (token healing backed it off the prompt; the
+    decoder's heal guide forces it).  ``before`` then ends where the prompt ends, and the
+    steps whose draft is a prefix of ``heal`` are the request start: their queries concern
+    the user's own code at the cursor, so they wait up to ``start_budget_s`` (or the
+    analyzer's per-query budget if longer; the later, speculative steps never wait longer
+    than that per-query budget).  Where the
+    rest of the heal starts with ".", the next token must start with that dot, so only the
+    members after it matter and they are asked for even when a plain step would not look
+    ahead.  :meth:`prefetch` starts the cursor's query early (e.g. while the prompt is being
+    encoded).
     """
 
-    def __init__(self, mset: MonitorSet, before: str, after: str, dot_lookahead: str | None = None) -> None:
+    def __init__(self, mset: MonitorSet, before: str, after: str, dot_lookahead: str | None = None, *,
+                 heal: str = "", start_budget_s: float | None = None) -> None:
         self.mset = mset
         self.base = before
         self.after = after
@@ -389,6 +423,13 @@ class MonitorSession:
         self.dot_lookahead = dot_lookahead or mset.settings.dot_lookahead
         if self.dot_lookahead == "auto":
             self.dot_lookahead = "wait"
+        self.heal = heal
+        self.start_budget_s = mset.settings.start_budget_s if start_budget_s is None else start_budget_s
+        self._start = False  # the step being computed re-types the heal
+        self._heal_rest = ""  # what of the heal that step still has to type
+        #: seconds spent inside jedi queries (waiting included) by this session
+        self.query_s = 0.0
+        self.queries = 0
         self._docs_key = mset.docs_key()
         self._keys: dict[object, tuple] = {}
         self._base_state = mset.lex(before) if self.language == "python" else None
@@ -474,7 +515,8 @@ class MonitorSession:
             self._draft_ids[draft] = got
         return got
 
-    def python_query(self, kind: str, text: str, anchor: int, *, wait: bool = True):
+    def python_query(self, kind: str, text: str, anchor: int, *, wait: bool = True, urgent: bool = False,
+                     start: bool = True):
         """jedi query about ``text[:anchor]`` + the text after the cursor (cached by key)."""
         analyzer = self.mset.analyzer
         if analyzer is None:
@@ -489,8 +531,32 @@ class MonitorSession:
             if len(self._keys) > 256:
                 self._keys.clear()
             self._keys[rel] = key
-        return analyzer.query(kind, before, self.after, path=self.mset.path,
-                              open_documents=self.mset.open_documents(), key=key, wait=wait)
+        t = time.perf_counter()
+        try:
+            return analyzer.query(kind, before, self.after, path=self.mset.path,
+                                  open_documents=self.mset.open_documents(), key=key,
+                                  wait=wait, budget=max(self.start_budget_s, analyzer.budget_s) if self._start else None,
+                                  urgent=urgent, start=start)
+        finally:
+            self.query_s += time.perf_counter() - t
+            self.queries += 1
+
+    def prefetch(self) -> None:
+        """Start the jedi query the cursor position (``before + heal``) will need, without waiting."""
+        if self.language != "python" or self.mset.analyzer is None:
+            return
+        try:
+            text = self.base + self.heal
+            pos, _ = self._classify(text)
+            if pos is None:
+                return
+            kind = {"member": ("members", "members"), "kwarg": ("kwargs", "kwargs"),
+                    "module": ("complete", "modules"), "import_name": ("complete", "modules")}.get(pos.kind)
+            if kind is None or not self.mset.enabled(kind[1]):
+                return
+            self.python_query(kind[0], text, pos.anchor, wait=False, urgent=True)
+        except Exception:  # analysis must never break decoding
+            log.exception("monitor prefetch failed")
 
     # --- the per-step query ---------------------------------------------------------------------
     def at(self, draft: str) -> StepConstraint | None:
@@ -500,11 +566,15 @@ class MonitorSession:
         hit = self._steps.get(draft, _UNSET)
         if hit is not _UNSET:
             return hit  # type: ignore[return-value]
+        self._start = self.heal.startswith(draft)
+        self._heal_rest = self.heal[len(draft):] if self._start else ""
         try:
             result = self._compute(self.base + draft)
         except Exception:  # analysis must never break decoding
             log.exception("monitor failed; not constraining")
             result = None
+        finally:
+            self._start, self._heal_rest = False, ""
         self._steps[draft] = result
         if len(self._steps) > 256:
             self._steps.popitem(last=False)
@@ -534,6 +604,11 @@ class MonitorSession:
         pos, state = self._classify(text)
         if pos is None:
             return None
+        if self._heal_rest.startswith(".") and pos.expr_end:
+            # the heal guide admits only tokens starting with that dot: only what follows the
+            # dot matters (the identifier before it is the user's own, already written)
+            dot = self._after_dot(text, pos)
+            return StepConstraint(prefix=pos.prefix, after_dot=dot) if dot is not None else None
         stripped = text.rstrip(" \t")
         closed = stripped != text and bool(stripped) and is_ident_char(stripped[-1]) and not pos.prefix
         if closed:
@@ -574,32 +649,40 @@ class MonitorSession:
             if pos.kind in ("module", "import_name", "member") or not self.mset.enabled("names"):
                 return None
             return _NO_IDENTIFIER
-        if self.dot_lookahead == "off":
-            return None
         if not self.mset.enabled("members"):
+            return None
+        # `expr.` is followed by an identifier: that much holds without knowing the members.
+        got = self._dot_members(text, pos)
+        return got if got is not None else _IDENT_ONLY
+
+    def _dot_members(self, text: str, pos) -> StepConstraint | None:
+        """The members of the expression ending ``text`` (for tokens starting with "."), or None."""
+        known_dot = self._heal_rest.startswith(".")  # the user typed that dot
+        lookahead = "wait" if known_dot else self.dot_lookahead
+        if lookahead == "off":
             return None
         # Only query when the expression can plausibly have known members: a call/subscript/
         # literal result, a known name, or a known non-callable member.
-        if pos.expr_tail == "name":
+        if pos.expr_tail == "name" and not known_dot:
             if pos.kind in ("name", "free", "kwarg"):
                 names = self.python_names()
                 if names is None or pos.prefix not in names or pos.prefix in py.HARD_KEYWORDS - {"True", "False", "None"}:
                     return None
             elif pos.kind == "member":
-                res = self.python_query("members", text, pos.anchor, wait=False)
+                res = self.python_query("members", text, pos.anchor, wait=False, start=lookahead != "cached")
                 if res is None or pos.prefix not in res.names or pos.prefix in res.callables:
                     return None
             else:
                 return None
         dtext = text + "."
-        wait = self.dot_lookahead == "wait"
+        wait = lookahead == "wait"
         dpos, _ = self._classify(dtext)
         if dpos is None or dpos.kind != "member":
             return None
         c = self.mset.monitor("members")
         if c is None:
             return None
-        got = c.constraint(Query(self, dtext, dpos, wait=wait))
+        got = c.constraint(Query(self, dtext, dpos, wait=wait, start=lookahead != "cached"))
         return replace(got, after_dot=None, after_space=None) if got is not None else None
 
 
@@ -698,9 +781,11 @@ class MonitorSet:
         self._lex_memo = (text, state)
         return state
 
-    def session(self, text_before: str, text_after: str, *, dot_lookahead: str | None = None) -> MonitorSession:
-        """A session for one request: the decoder then calls ``session.at(draft)`` per step."""
-        return MonitorSession(self, text_before, text_after, dot_lookahead)
+    def session(self, text_before: str, text_after: str, *, dot_lookahead: str | None = None,
+                heal: str = "") -> MonitorSession:
+        """A session for one request: the decoder then calls ``session.at(draft)`` per step
+        (``heal``: text the draft re-types first, see MonitorSession)."""
+        return MonitorSession(self, text_before, text_after, dot_lookahead, heal=heal)
 
     def at(self, text_before: str, text_after: str) -> StepConstraint | None:
         """Constraint for the next token after ``text_before`` (document before the cursor + draft)."""

@@ -73,7 +73,8 @@ class LexState:
     """Lexical state after scanning ``pos`` characters.
 
     frames: open constructs, innermost last: ``("(", offset)`` brackets, ``("s", quote, fstring,
-    offset)`` strings, ``("fx", offset)`` f-string replacement fields.
+    offset)`` strings, ``("fx", offset)`` f-string replacement fields, ``("fs", offset)`` the
+    format spec of a field (after its top-level ``:``; literal text up to ``}``, ``{`` nests).
     stmt_start: offset where the current logical statement (line) began.
     """
 
@@ -85,7 +86,7 @@ class LexState:
 
     @property
     def in_code(self) -> bool:
-        return not self.in_comment and not any(f[0] in ("s", "fx") for f in self.frames)
+        return not self.in_comment and not any(f[0] in ("s", "fx", "fs") for f in self.frames)
 
     @property
     def brackets(self) -> tuple:
@@ -93,6 +94,9 @@ class LexState:
 
 
 _CODE_EVENT = re.compile(r"\r\n|[\r\n#'\"()\[\]{};\\]")
+# inside an f-string replacement field (not nested in brackets): also `!r` and the spec's `:`
+_FIELD_EVENT = re.compile(r"\r\n|[\r\n#'\"()\[\]{};\\:!]")
+_SPEC_EVENT = re.compile(r"\r\n|[\r\n{}]")
 _EOL = re.compile(r"[\r\n]")
 _STR_PREFIX_CHARS = set("rRbBuUfFtT")
 _string_res: dict[tuple[str, bool], re.Pattern] = {}
@@ -128,6 +132,26 @@ def scan(text: str, state: LexState | None = None, end: int | None = None) -> Le
             i = m.start()
             continue
         top = frames[-1] if frames else None
+        if top is not None and top[0] == "fs":
+            m = _SPEC_EVENT.search(text, i, n)
+            if m is None:
+                i = n
+                break
+            tok = m.group()
+            if tok == "}":
+                frames.pop()  # the spec ends the field
+                if frames and frames[-1][0] == "fx":
+                    frames.pop()
+            elif tok == "{":
+                frames.append(("fx", m.start()))  # a nested field: `{x:>{width}}`
+            else:
+                s_at = max((k for k, f in enumerate(frames) if f[0] == "s"), default=None)
+                if s_at is not None and len(frames[s_at][1]) == 1:
+                    del frames[s_at:]  # unterminated single-quoted f-string: recover at the line end
+                    i = m.start()
+                    continue
+            i = m.end()
+            continue
         if top is not None and top[0] == "s":
             quote, fstring = top[1], top[2]
             m = _string_re(quote, fstring).search(text, i, n)
@@ -146,12 +170,22 @@ def scan(text: str, state: LexState | None = None, end: int | None = None) -> Le
             # "{{", "}}", escapes and a stray "}" are literal text
             i = m.end()
             continue
-        m = _CODE_EVENT.search(text, i, n)
+        in_field = top is not None and top[0] == "fx"
+        m = (_FIELD_EVENT if in_field else _CODE_EVENT).search(text, i, n)
         if m is None:
             cont = False
             i = n
             break
         j, tok = m.start(), m.group()
+        if in_field and tok in ":!":
+            if tok == "!" and text.startswith("!=", j):
+                i = j + 2  # the operator
+            elif tok == ":":
+                frames.append(("fs", j))  # `{x:>10}`: the format spec is text, not code (`#x`)
+                i = j + 1
+            else:
+                i = j + 1  # `!r` conversion
+            continue
         if tok in ("\r\n", "\r", "\n"):
             if not frames and not cont:
                 stmt = m.end()
@@ -209,7 +243,7 @@ def closers(state: LexState) -> str:
         elif f[0] == "s":
             out.append(f[1])
         elif f[0] == "fx":
-            out.append("}")
+            out.append("}")  # (an open "fs" spec is closed by its field's "}")
     return "".join(out)
 
 
@@ -241,6 +275,8 @@ _WALRUS_KW = frozenset({"if", "elif", "while"})
 _EXPR_KEYWORDS = frozenset({"True", "False", "None"})
 
 ASSIGN_FOLLOWERS = ("=", ",", ":")
+#: receivers on which a member position may bind a new attribute
+SELF_NAMES = frozenset({"self", "cls"})
 CHAIN_FOLLOWERS = ("=", ",")
 WALRUS_FOLLOWERS = (":=",)
 
@@ -355,7 +391,14 @@ def classify(text: str, state: LexState, *, ident_is_prev: bool = False) -> PyPo
             return pos("free")
         root = _chain_root(body, len(body) - 2)
         followers: tuple[str, ...] = ()
-        if body[root].depth == 0:
+        # A new attribute may be bound only on `self.`/`cls.` (`self.count = 0`), in the methods
+        # that define attributes (`__init__`, `setUp`, `reset`...; elsewhere pylint reports
+        # attribute-defined-outside-init).  Binding a brand-new attribute anywhere else is legal
+        # but rare, and allowing it would let every identifier through at every statement-start
+        # member access: a model that has left the member list can then only extend the
+        # identifier (or turn a call into an assignment to a name that does not exist).
+        if body[root].depth == 0 and root == len(body) - 2 and body[root].kind == "name" \
+                and body[root].text in SELF_NAMES and _may_define_attributes(text, state.stmt_start):
             rprev = body[root - 1] if root > 0 else None
             followers = _target_followers(body, root, rprev)
         return pos("member", anchor=prev.end, followers=followers)
@@ -435,6 +478,45 @@ def classify(text: str, state: LexState, *, ident_is_prev: bool = False) -> PyPo
     if t in (";",):
         return pos("name", followers=ASSIGN_FOLLOWERS)
     return pos("name")
+
+
+#: methods where attributes are defined (pylint's defining-attr-methods, and the usual helpers)
+ATTR_DEFINING_METHODS = frozenset({"__init__", "__new__", "__post_init__", "__init_subclass__", "__setstate__",
+                                   "__enter__", "__aenter__", "setUp", "asyncSetUp", "setUpClass", "setup_method",
+                                   "setup_class"})
+_ATTR_DEFINING_PREFIXES = ("init", "_init", "reset", "_reset", "setup", "_setup", "set_up", "_set_up")
+_DEF_RE = re.compile(r"[ \t]*(?:async[ \t]+)?def[ \t]+(\w+)")
+
+
+def _may_define_attributes(text: str, stmt_start: int, max_lines: int = 400) -> bool:
+    """Whether the statement at ``stmt_start`` may bind new attributes: it is in an attribute-
+    defining method, or its enclosing function is not found (then: yes, conservatively)."""
+    line_start = text.rfind("\n", 0, stmt_start) + 1
+    head = text[line_start:stmt_start + 200]
+    indent = len(head) - len(head.lstrip(" \t"))
+    if indent == 0:
+        return True  # module level (or a continuation line): nothing to say
+    end = line_start - 1
+    for _ in range(max_lines):
+        if end < 0:
+            return True
+        start = text.rfind("\n", 0, end) + 1
+        line = text[start:end]
+        end = start - 1
+        stripped = line.lstrip(" \t")
+        if not stripped or stripped.startswith("#"):
+            continue
+        ind = len(line) - len(stripped)
+        if ind >= indent:
+            continue
+        m = _DEF_RE.match(line)
+        if m is not None:
+            name = m.group(1)
+            return name in ATTR_DEFINING_METHODS or name.lower().startswith(_ATTR_DEFINING_PREFIXES)
+        if stripped.startswith("class ") or ind == 0:
+            return True  # not inside a function: unknown, allow
+        indent = ind  # an enclosing block (if/for/with...): keep looking outwards
+    return True
 
 
 def _soft_kw_at_start(toks: list[_Tok], i: int) -> bool:
@@ -746,12 +828,17 @@ class PythonAnalyzer:
 
     def query(self, kind: str, before: str, after: str, *, path: str | None = None,
               open_documents: Mapping[str, str] | None = None, key: tuple | None = None,
-              wait: bool = True) -> object | None:
+              wait: bool = True, budget: float | None = None, urgent: bool = False,
+              start: bool = True) -> object | None:
         """Run (or fetch) one analysis; None when unknown, dynamic, failed or over budget.
 
         ``kind``: "members" (``before`` ends right after a dot), "kwargs" (``before`` ends right
         after a call's ``(``), "complete" (names/modules jedi lists at the end of ``before``).
-        ``wait=False`` only starts the query (prefetch) and returns what is already known.
+        ``wait=False`` only starts the query (prefetch) and returns what is already known; a
+        prefetch is only queued when the worker has nothing queued (``urgent``: like a waited
+        query), so speculative queries never crowd out the ones a decode step waits for.
+        ``budget``: seconds to wait, counted from when the query was first started (default
+        ``budget_s``).  ``start=False``: only look the answer up, never start a query.
         """
         if key is None:
             docs_key = tuple(sorted((p, hash(t)) for p, t in open_documents.items())) if open_documents else None
@@ -764,8 +851,10 @@ class PythonAnalyzer:
             if hit is not None:
                 self._cache.move_to_end(key)
         if hit is None:
+            if not start:
+                return None
             worker = _get_worker()
-            if worker.backlog >= self.MAX_BACKLOG:
+            if worker.backlog >= (self.MAX_BACKLOG if wait or urgent else 1):
                 return None
             docs = None
             if open_documents:
@@ -781,7 +870,7 @@ class PythonAnalyzer:
         if not fut.done():
             if not wait:
                 return None
-            remaining = self.budget_s - (now - started)
+            remaining = (self.budget_s if budget is None else budget) - (now - started)
             if remaining <= 0:
                 return None
             try:

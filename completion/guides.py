@@ -36,4 +36,5 @@ def monitor_guides(engine, language: str, doc: str, prompt, others: dict[str, st
     mon = MonitorSet(language=language, path=doc, settings=ms, other_documents=others)
     # the draft re-types the healed text first, so the monitor reads from the prompt's end
     before = prompt.prefix[: len(prompt.prefix) - len(prompt.heal)]
-    return [MonitorGuide(mon, masker, before, prompt.suffix)]
+    # (making the guide starts the cursor's jedi query in the background)
+    return [MonitorGuide(mon, masker, before, prompt.suffix, heal=prompt.heal)]

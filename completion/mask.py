@@ -30,6 +30,7 @@ import torch
 
 from draftline.analysis.monitors import (
     FOLLOWER_KINDS,
+    QUOTE_KINDS,
     MonitorSet,
     MonitorSession,
     StepConstraint,
@@ -101,7 +102,7 @@ def _build_view(strings: list[str | None]) -> _View:
             cols["whole_blank"][i] = True
         else:
             k = follower_kind(w2)
-            if k is not None:
+            if k is not None and not (k in QUOTE_KINDS and len(w2) != len(s)):  # `f"` yes, `f "` no
                 whole_kind[k][i] = True
         lead, rest = split_lead(s)
         if not lead:
@@ -118,7 +119,7 @@ def _build_view(strings: list[str | None]) -> _View:
             cols["blank_rest"][i] = True
         else:
             k = follower_kind(r2)
-            if k is not None:
+            if k is not None and not (k in QUOTE_KINDS and len(r2) != len(rest)):
                 rest_kind[k][i] = True
 
     def t(xs: list[bool]) -> np.ndarray:
@@ -152,12 +153,13 @@ class TokenMasker:
         self._ones.setflags(write=False)
         self._cache: OrderedDict[StepConstraint, np.ndarray] = OrderedDict()
         self._sets: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self._subs: dict[tuple, np.ndarray] = {}
         self._rems: dict[tuple, tuple[set[str], set[str]]] = {}
         self._max_pure_len = max(v.max_pure_len for v in (self._v0, self._vd, self._vs, self._vl))
         self._cache_size = cache_size
         dot_ident = int((self._vd.lead_start & self._vd.applicable).sum())
-        #: share of the vocabulary that are ``.identifier`` tokens; near zero means monitors can
-        #: afford to prefetch member lists instead of waiting for them (see MonitorSettings).
+        #: share of the vocabulary that are ``.identifier`` tokens; near zero means monitors
+        #: need not look member lists up for a "." token (see MonitorSettings.dot_lookahead).
         self.dot_identifier_fraction = dot_ident / max(1, self.vocab_size)
 
     # --- public ---------------------------------------------------------------------------
@@ -226,36 +228,44 @@ class TokenMasker:
             m[np.concatenate([arrays[k] for k in keys])] = True
         return m
 
-    def _ends(self, c: StepConstraint, word: str, v: _View) -> np.ndarray:
-        """For tokens that are "what follows" the finished identifier ``word`` (their whole string)."""
+    def _ends(self, c: StepConstraint, word: str, v: _View, closed: bool = False) -> np.ndarray:
+        """For tokens that are "what follows" the finished identifier ``word`` (their whole string).
+
+        A quote follower (string prefix) applies only to a quote right after the word: not
+        after blanks, and not at all when the text already has whitespace after it (``closed``).
+        """
         in_c = c.candidates is None or word in c.candidates
-        fol = {f: (n is None or word in n) for f, n in c.followers}
+        fol = {f: (n is None or word in n) for f, n in c.followers if not (closed and f in QUOTE_KINDS)}
         could_end = in_c or any(fol.values())
+        could_end_spaced = in_c or any(ok for f, ok in fol.items() if f not in QUOTE_KINDS)
         out = np.full(self.vocab_size, in_c, dtype=bool)
         for f, ok in fol.items():
             if ok != in_c:
                 out[v.whole_kind[f]] = ok
-        if could_end != in_c:
-            out[v.whole_blank] = could_end
+        if could_end_spaced != in_c:
+            out[v.whole_blank] = could_end_spaced
+        if could_end != could_end_spaced:  # the empty token: nothing written after the word yet
+            out[v.empty] = could_end
         return out
 
     def _lead(self, c: StepConstraint, v: _View) -> np.ndarray:
         """For tokens with leading identifier characters: is prefix + lead (+ rest) acceptable."""
         pref_c, exact_c = self._name_sets(v, c.prefix, c.candidates)
         could_continue = pref_c
-        could_end = exact_c
+        could_end = exact_c  # before blanks: a string-prefix follower no longer applies
         res = exact_c
         for f, names in c.followers:
             pref_n, exact_n = self._name_sets(v, c.prefix, names)
             could_continue = could_continue | pref_n
-            could_end = could_end | exact_n
+            if f not in QUOTE_KINDS:
+                could_end = could_end | exact_n
             res = np.where(v.rest_kind[f], exact_n, res)
         return np.where(v.pure, could_continue, np.where(v.blank_rest, could_end, res))
 
     def _core(self, c: StepConstraint, v: _View, top: bool) -> np.ndarray:
         p = c.prefix
         if p and c.closed:
-            m = self._ends(c, p, v)
+            m = self._ends(c, p, v, closed=True)
             if top and c.after_space is not None:
                 nxt = self._core(c.after_space, self._vl, top=False)
                 m &= self._vl.empty | nxt
@@ -269,12 +279,25 @@ class TokenMasker:
             has = v.lead_start
         if top:
             if c.after_dot is not None:
-                d = self._vd.empty | self._core(c.after_dot, self._vd, top=False)
+                d = self._sub(c.after_dot, self._vd)
                 non = np.where(v.starts_dot, (non & d) if p else d, non)
             if c.after_space is not None:
-                s = self._vs.empty | self._core(c.after_space, self._vs, top=False)
+                s = self._sub(c.after_space, self._vs)
                 non = np.where(v.starts_space, (non & s) if p else s, non)
         return np.where(has, lead, non)
+
+    def _sub(self, c: StepConstraint, v: _View) -> np.ndarray:
+        """The mask for what follows a token's leading "." / spaces (cached: the same
+        ``after_dot``/``after_space`` recurs at every step of an identifier)."""
+        key = (id(v), c)
+        hit = self._subs.get(key)
+        if hit is None:
+            hit = v.empty | self._core(c, v, top=False)
+            hit.setflags(write=False)
+            self._subs[key] = hit
+            if len(self._subs) > self._cache_size:
+                self._subs.pop(next(iter(self._subs)))
+        return hit
 
 
 class MonitorGuide:
@@ -282,24 +305,44 @@ class MonitorGuide:
 
     Equivalent to ``masker.mask(monitor_set.at(text_before_cursor + draft, text_after_cursor))``,
     but holds one MonitorSession so the document is analysed once per request.
+
+    ``heal``: the text the draft re-types first (token healing); ``text_before_cursor`` then
+    ends where the prompt ends.  Making the guide starts the cursor's jedi query (it runs
+    while the prompt is encoded); the steps re-typing the heal wait for it up to
+    ``MonitorSettings.start_budget_s``.
+
+    Timing: ``time_s`` is the time spent in ``allowed`` (analysis + masking), ``analysis_s``
+    the analysis part (``session.at``), ``query_s`` the part of that spent in jedi queries
+    (waits included), ``steps`` the number of calls.
     """
 
     def __init__(self, monitor_set: MonitorSet, masker: TokenMasker, text_before_cursor: str,
-                 text_after_cursor: str) -> None:
+                 text_after_cursor: str, heal: str = "", prefetch: bool = True) -> None:
         self.monitor_set = monitor_set
         self.masker = masker
         lookahead = monitor_set.settings.dot_lookahead
         if lookahead == "auto":
-            lookahead = "prefetch" if masker.dot_identifier_fraction < 0.001 else "wait"
+            lookahead = "cached" if masker.dot_identifier_fraction < 0.001 else "wait"
         self.session: MonitorSession = monitor_set.session(text_before_cursor, text_after_cursor,
-                                                            dot_lookahead=lookahead)
+                                                            dot_lookahead=lookahead, heal=heal)
         self.last_constraint: StepConstraint | None = None
         self.time_s = 0.0
+        self.analysis_s = 0.0
+        self.steps = 0
+        if prefetch:
+            self.session.prefetch()
+
+    @property
+    def query_s(self) -> float:
+        return self.session.query_s
 
     def allowed(self, draft: str) -> torch.Tensor | None:
         t = time.perf_counter()
         step = self.session.at(draft)
+        t1 = time.perf_counter()
         self.last_constraint = step
         out = self.masker.mask(step)
         self.time_s += time.perf_counter() - t
+        self.analysis_s += t1 - t
+        self.steps += 1
         return out

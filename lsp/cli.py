@@ -86,8 +86,11 @@ def cmd_complete(a: argparse.Namespace) -> int:
     cfg = EngineConfig(k=a.k, max_tokens=a.max_tokens, method=a.method)
     eng = Engine(lm, cfg)
     from .server import make_trim
-    from draftline.completion.guides import monitor_guides
+    from draftline.completion.guides import monitor_guides, warm_up
     from .config import MonitorSettings
+
+    if not a.no_monitors:
+        warm_up(wait=30)
 
     lang = _language_of(path)
     pr = eng.prompt_for(path, text, cursor)

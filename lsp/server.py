@@ -57,12 +57,17 @@ class DraftlineServer(LanguageServer):
         self.counters = {"requests": 0, "shown": 0, "accepted": 0, "partially_accepted": 0,
                          "cancelled": 0, "stale": 0}
         self.last_items: dict[str, list[str]] = {}
+        # after an accepted draft: uri -> (version, cursor, future of the engine result)
+        self.prefetched: dict[str, tuple[int, int, asyncio.Future]] = {}
+        self.accepted_pending: dict[str, str] = {}
+        self.workspace_roots: list[str] = []
 
     # -- infrastructure ----------------------------------------------------------------------
     @property
     def scheduler(self) -> Scheduler:
         if self._scheduler is None:
-            self._scheduler = Scheduler(asyncio.get_running_loop())
+            self._scheduler = Scheduler(asyncio.get_running_loop(), on_disabled=lambda msg: self.window_show_message(
+                T.ShowMessageParams(type=T.MessageType.Error, message=f"draftline: {msg}")))  # once (P7)
         return self._scheduler
 
     def log_user(self, msg: str, kind: T.MessageType = T.MessageType.Info) -> None:
@@ -96,6 +101,10 @@ class DraftlineServer(LanguageServer):
         s = self.settings
 
         def load(cancel: threading.Event):
+            if self.test_mode and os.environ.get("DRAFTLINE_FAKE_ENGINE"):  # fault injection (lsp/testing.py)
+                from .testing import fake_engine
+
+                return fake_engine(os.environ["DRAFTLINE_FAKE_ENGINE"], engine_config(s))
             from draftline.completion import model as M
             from draftline.completion.engine import Engine
 
@@ -118,6 +127,14 @@ class DraftlineServer(LanguageServer):
             else:
                 self.engine = fut.result()
                 self.engine.guide_factory = make_guide_factory(self)
+                self.start_ngram()
+                if self.settings.monitors.enabled:
+                    try:
+                        from draftline.completion.guides import warm_up
+
+                        warm_up()
+                    except Exception:
+                        log.exception("monitor warm-up failed")
                 self.log_user(f"draftline: model ready ({self.engine.lm.info['architecture']}, "
                               f"{self.engine.lm.load_ms:.0f} ms)")
             if progress_ok:
@@ -127,6 +144,31 @@ class DraftlineServer(LanguageServer):
         job.future.add_done_callback(done)
         self._model_future = job.future
         return job.future
+
+    def start_ngram(self) -> None:
+        """The workspace n-gram model (superposed decoding): open documents now, the files
+        under the workspace roots in a background thread (.gitignore, size caps)."""
+        eng = self.engine
+        if getattr(eng, "tok", None) is None:  # the fault-injection engine
+            return
+        try:
+            from draftline.completion.ngram import NGram
+
+            ng = NGram(eng.tok)
+            for uri in self.docs.docs:
+                self.ngram_update(uri, ng)
+            eng.ngram = ng
+            ng.build(self.workspace_roots)
+        except Exception:  # an aid only: decoding works without it
+            log.exception("workspace n-gram model unavailable")
+
+    def ngram_update(self, uri: str, ng=None) -> None:
+        """Record a document's text for the n-gram model (tokenized by the worker)."""
+        if ng is None:
+            ng = getattr(self.engine, "ngram", None)
+        d = self.docs.docs.get(uri)
+        if ng is not None and d is not None and not d.binary and len(d.text) <= MAX_DOCUMENT_CHARS:
+            ng.update_text(uri, d.text)
 
     async def ensure_engine(self):
         fut = self.start_model_load()
@@ -164,6 +206,23 @@ class DraftlineServer(LanguageServer):
         job.future.add_done_callback(lambda f: f.cancelled() or f.exception())
         job.future.add_done_callback(lambda f: self._after_prepare(uri))
 
+    def prefetch_after_accept(self, uri: str) -> None:
+        """The edit that inserted an accepted draft: compute the next completion now, at the
+        end of the inserted text, so the editor's next request finds it ready."""
+        accepted = self.accepted_pending.pop(uri, None)
+        doc = self.docs.docs.get(uri)
+        eng = self.engine
+        if accepted is None or doc is None or eng is None or doc.last_edit is None:
+            return
+        a, _, b = doc.last_edit
+        if doc.text[a:b] != accepted:
+            return
+        text, version, cursor = doc.text, doc.version, b
+        job = self.scheduler.submit(uri, "complete", lambda c: eng.complete(
+            uri, text, cursor, cancel=c, trim=make_trim(doc.language_id)), supersede=("prepare", "refresh"))
+        job.future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self.prefetched[uri] = (version, cursor, job.future)
+
     def _after_prepare(self, uri: str) -> None:
         eng = self.engine
         if eng is None or uri not in self.docs:
@@ -197,6 +256,14 @@ class DraftlineServer(LanguageServer):
         if doc.binary or len(text) > MAX_DOCUMENT_CHARS:
             return None
         eng = await self.ensure_engine()
+        pre = self.prefetched.pop(uri, None)
+        if pre is not None and pre[0] == version and pre[1] == cursor and not pre[2].cancelled():
+            try:
+                res = await pre[2]
+                self.counters["prefetch_hits"] = self.counters.get("prefetch_hits", 0) + 1
+                return text, cursor, res
+            except Exception:
+                pass  # fall through to a fresh request
         job = self.scheduler.submit(
             uri, "complete",
             lambda c: eng.complete(uri, text, cursor, k=k, cancel=c, trim=make_trim(doc.language_id)),
@@ -224,6 +291,19 @@ def engine_config(s: Settings):
     return EngineConfig(k=s.drafts, max_tokens=s.max_tokens, context_tokens=s.context_tokens,
                         method=s.method, pie=s.pie, cache_budget_mb=s.cache_budget_mb,
                         stale_limit=s.stale_limit, monitors=s.monitors.enabled)
+
+
+def workspace_roots(params: T.InitializeParams) -> list[str]:
+    """Directories of the workspace folders (or rootUri / rootPath), for the n-gram scan."""
+    from draftline.completion.ngram import doc_key
+
+    uris = [f.uri for f in (params.workspace_folders or [])]
+    if not uris and params.root_uri:
+        uris = [params.root_uri]
+    roots = [doc_key(u) for u in uris]
+    if not roots and params.root_path:
+        roots = [params.root_path]
+    return [r for r in roots if r and os.path.isdir(r)]
 
 
 def make_guide_factory(server: DraftlineServer):
@@ -284,6 +364,7 @@ def build_server(settings: Settings | None = None, test_mode: bool = False) -> D
                 log.info("unknown initializationOptions ignored: %s", ignored)
         enc = ls.protocol.workspace.position_encoding if ls.protocol._workspace else None
         ls.encoding = {"utf-8": "utf-8", "utf-32": "utf-32"}.get(str(getattr(enc, "value", enc) or "utf-16"), "utf-16")
+        ls.workspace_roots = workspace_roots(params)
 
     @ls.feature(T.INITIALIZED)
     def initialized(ls: DraftlineServer, params: T.InitializedParams) -> None:
@@ -298,6 +379,7 @@ def build_server(settings: Settings | None = None, test_mode: bool = False) -> D
     def did_open(ls: DraftlineServer, params: T.DidOpenTextDocumentParams) -> None:
         td = params.text_document
         ls.docs.open(td.uri, td.text, td.version, td.language_id)
+        ls.ngram_update(td.uri)
         ls.schedule_prepare(td.uri)
 
     @ls.feature(T.TEXT_DOCUMENT_DID_CHANGE)
@@ -308,9 +390,14 @@ def build_server(settings: Settings | None = None, test_mode: bool = False) -> D
         except DocumentError as e:
             log.warning("didChange ignored: %s", e)
             return
+        ls.ngram_update(uri)
         # a newer edit supersedes in-flight decoding of the same document
         ls.scheduler.cancel_doc(uri, ("complete",))
-        ls.schedule_prepare(uri)
+        ls.prefetched.pop(uri, None)
+        if uri in ls.accepted_pending:
+            ls.prefetch_after_accept(uri)
+        else:
+            ls.schedule_prepare(uri)
 
     @ls.feature(T.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: DraftlineServer, params: T.DidCloseTextDocumentParams) -> None:
@@ -329,7 +416,7 @@ def build_server(settings: Settings | None = None, test_mode: bool = False) -> D
         if ls.engine is not None:
             ls.engine.config = engine_config(ls.settings)
 
-    @ls.feature(T.TEXT_DOCUMENT_INLINE_COMPLETION)
+    @ls.feature(T.TEXT_DOCUMENT_INLINE_COMPLETION, T.InlineCompletionOptions())
     async def inline_completion(ls: DraftlineServer, params: T.InlineCompletionParams):
         got = await ls.drafts(params.text_document.uri, params.position)
         if got is None:
@@ -377,6 +464,25 @@ def build_server(settings: Settings | None = None, test_mode: bool = False) -> D
                 insert_text_format=T.InsertTextFormat.PlainText,
             ))
         return T.CompletionList(is_incomplete=True, items=items)
+
+    # -- Copilot-compatible usage notifications -------------------------------------------
+    @ls.feature("textDocument/didShowCompletion")
+    def did_show(ls: DraftlineServer, params: Any) -> None:
+        ls.counters["shown"] += 1
+
+    @ls.feature("textDocument/didPartiallyAcceptCompletion")
+    def did_partially_accept(ls: DraftlineServer, params: Any) -> None:
+        ls.counters["partially_accepted"] += 1
+
+    @ls.command(ACCEPT_COMMAND)
+    def accept(ls: DraftlineServer, *args: Any) -> None:
+        """Arguments: [uri, acceptedText]. Counts it and prefetches what follows it."""
+        ls.counters["accepted"] += 1
+        if isinstance(args, (list, tuple)) and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
+            ls.accepted_pending[args[0]] = args[1]
+            doc = ls.docs.docs.get(args[0])
+            if doc is not None and doc.last_edit and doc.text[doc.last_edit[0]:doc.last_edit[2]] == args[1]:
+                ls.prefetch_after_accept(args[0])  # the editor sent the insertion first
 
     @ls.feature("draftline/status")
     def status(ls: DraftlineServer, params: Any = None) -> dict:

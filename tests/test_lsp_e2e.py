@@ -19,10 +19,15 @@ SERVER = [sys.executable, "-m", "draftline.lsp.cli", "serve", "--test-mode"]
 
 @pytest_lsp.fixture(config=ClientServerConfig(server_command=SERVER))
 async def client(lsp_client: LanguageClient, default_model_dir):
-    await lsp_client.initialize_session(T.InitializeParams(
+    result = await lsp_client.initialize_session(T.InitializeParams(
         capabilities=client_capabilities("visual-studio-code"),
         initialization_options={"drafts": 3, "maxTokens": 32},
     ))
+    caps = result.capabilities
+    # clients (vscode-languageclient, Neovim 0.12, lsp-mode) check this before asking
+    assert caps.inline_completion_provider is not None
+    assert caps.completion_provider is not None
+    assert caps.text_document_sync.change == T.TextDocumentSyncKind.Incremental
     yield
     await lsp_client.shutdown_session()
 
@@ -121,3 +126,28 @@ async def test_unknown_uri_and_bad_position_are_errors(client: LanguageClient):
         content_changes=[T.TextDocumentContentChangeWholeDocument(text="boom")]))
     st = await status(client)
     assert st["documents"] == 1
+
+
+async def test_accept_counts_and_prefetches(client: LanguageClient):
+    text = "def add(a, b):\n    return a + b\n\n\ndef mul(a, b):\n    "
+    uri = "file:///work/acc.py"
+    open_doc(client, uri, text)
+    res = await asyncio.wait_for(client.text_document_inline_completion_async(T.InlineCompletionParams(
+        text_document=T.TextDocumentIdentifier(uri=uri), position=T.Position(line=5, character=4),
+        context=T.InlineCompletionContext(trigger_kind=T.InlineCompletionTriggerKind.Invoked))), 120)
+    draft = res.items[0].insert_text
+    client.protocol.notify("textDocument/didShowCompletion", {"item": {"insertText": draft}})
+    # the editor inserts the draft, then reports the accept
+    client.text_document_did_change(T.DidChangeTextDocumentParams(
+        text_document=T.VersionedTextDocumentIdentifier(uri=uri, version=2),
+        content_changes=[T.TextDocumentContentChangePartial(
+            range=T.Range(start=T.Position(line=5, character=4), end=T.Position(line=5, character=4)), text=draft)]))
+    await client.workspace_execute_command_async(T.ExecuteCommandParams(command="draftline.accept", arguments=[uri, draft]))
+    lines = (text[:-4] + "    " + draft).split("\n")
+    res2 = await asyncio.wait_for(client.text_document_inline_completion_async(T.InlineCompletionParams(
+        text_document=T.TextDocumentIdentifier(uri=uri), position=T.Position(line=len(lines) - 1, character=len(lines[-1])),
+        context=T.InlineCompletionContext(trigger_kind=T.InlineCompletionTriggerKind.Automatic))), 120)
+    assert res2 is not None
+    st = await status(client)
+    assert st["counters"]["shown"] == 1 and st["counters"]["accepted"] == 1
+    assert st["counters"].get("prefetch_hits") == 1

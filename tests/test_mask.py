@@ -22,6 +22,7 @@ SMALL_VOCAB = [
     " return", "value", " value", "._", ".__", "\ufffd", "1", "12", " if", "if", "ret", "urn", "x", ".path", "ke",
     "y", "y=", "key", "key=", " key", "key =", ":=", " :=", ",", ":", "\t", "\tx", "  ", "...", "..", ".5", "",
     "<|endoftext|>", "é", "été", "x1", "_", "__init__", "def", " def", "\n    ", "a_b", " a_b(", "ab.c",
+    ' "', " 'x", 'return "', "f '", "rb '", " \"\"", "x ,", " :",
 ]
 NAMES = ["self", "count", "append", "join", "path", "pathsep", "sep", "value", "key", "x", "x1", "if", "return",
          "def", "a_b", "été", "_", "__init__", "in"]
@@ -136,6 +137,7 @@ def test_real_vocab_mask_timing(real_masker, vocab_strings):
         for _ in range(3):  # median of 3 cold computations (caches cleared each time)
             real_masker._cache.clear()
             real_masker._sets.clear()
+            real_masker._subs.clear()
             real_masker._rems.clear()
             t = time.perf_counter()
             real_masker.mask(c)
@@ -198,3 +200,26 @@ def test_monitor_guide_end_to_end(real_masker, analysis_tokenizer, vocab_strings
     assert m2[encode_ids(analysis_tokenizer, " total")[0]]
     bad = encode_ids(analysis_tokenizer, " undefined_xyz")[0]
     assert not m2[bad] or vocab_strings[bad].strip() in ("undefined", "und")
+
+
+@pytest.mark.real_model
+def test_healed_dot_admits_only_member_tokens(real_masker, vocab_strings):
+    """The prompt heals the "." typed before the cursor, so the first token must start with it:
+    on the real vocabulary, every allowed dot-led token continues a member of os.path."""
+    an = PythonAnalyzer(budget_s=20)
+    ms = MonitorSet("python", analyzer=an)
+    guide = MonitorGuide(ms, real_masker, "import os\n\n\ndef base(p):\n    return os.path", "\n", heal=".")
+    mask = guide.allowed("")
+    members = ms.at("import os\n\n\ndef base(p):\n    return os.path.", "\n").candidates
+    assert {"join", "dirname", "sep"} <= members
+    dot_led = [vocab_strings[i] for i in mask.nonzero().flatten().tolist() if vocab_strings[i].startswith(".")]
+    assert "." in dot_led
+    for t in dot_led:
+        lead = t[1:len(t) - len(t[1:].lstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"))]
+        assert t == "." or (lead[:1].isidentifier() and any(m.startswith(lead) for m in members)), t
+    blocked = [t for t in (".*", ".(", ". ", ".\n", "..", "...", ".__") if t in vocab_strings]
+    for t in blocked:
+        if t == ".__":
+            assert mask[vocab_strings.index(t)] == any(m.startswith("__") for m in members)
+        else:
+            assert not mask[vocab_strings.index(t)], t

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import replace
 
 import pytest
 
@@ -47,6 +49,11 @@ def test_constraint_semantics_followers_and_string_prefixes():
     assert kw.allows("key=") and not kw.allows("kee=") and kw.allows("kee)") and kw.allows("kee ==")
     s = StepConstraint(prefix="", candidates=frozenset({"x"}), followers=(('"', STRING_PREFIXES),))
     assert s.allows('f"') and s.allows('rb"') and not s.allows('q"') and not s.allows('x"')
+    # a quote after a space is a new string, not a prefix: `return "..."`
+    assert s.allows('x "') and not s.allows('f "') and not s.allows('q "')
+    ret = StepConstraint(prefix="return", candidates=frozenset({"return"}), followers=s.followers)
+    assert ret.allows(' "') and ret.allows(" ''.") and replace(ret, closed=True).allows('"abc"')
+    assert not replace(ret, prefix="retur").allows(' "')
 
 
 def test_constraint_semantics_dot_and_space_tokens():
@@ -83,13 +90,100 @@ def test_dot_token_after_an_expression(analyzer):
     assert c3.allows(".anything") if c3 is not None else True
 
 
+def test_after_expr_dot_only_an_identifier_even_when_members_are_unknown():
+    """Syntax alone: `expr.` is followed by an identifier.  No jedi here (analyzer=None)."""
+    ms = MonitorSet("python", analyzer=None)
+    c = ms.at("x = foo()", "\n")
+    assert c is not None and c.allows(".") and c.allows(".bar") and c.allows(".bar(")
+    assert not c.allows(".*") and not c.allows(".(") and not c.allows(". ") and not c.allows("..")
+    m = ms.at("x = foo.", "\n")
+    assert m is not None and m.allows("bar") and m.allows("bar(") and m.allows("_x")
+    assert not m.allows("*") and not m.allows("(") and not m.allows(" ") and not m.allows("\n")
+    p = ms.at("x = foo.ba", "\n")  # a written prefix with unknown members: any identifier
+    assert p is None or (p.candidates is None and p.allows("r(") and p.allows("rbaz") and p.allows(" if"))
+    for text, ok in (("x = 1", ".5"), ("x = 1", "."), ("from .", "."), ("from .", "mod"), ("from .", " import")):
+        c = ms.at(text, "\n")
+        assert c is None or c.allows(ok), (text, ok)
+    off = MonitorSet("python", analyzer=None, settings=MonitorSettings(dot_lookahead="off"))
+    assert not off.at("import os\nx = os.path", "\n").allows(".*")
+    nomem = MonitorSet("python", analyzer=None, settings=MonitorSettings(members=False))
+    c = nomem.at("x = foo()", "\n")
+    assert c is None or c.allows(".*")  # the members monitor off: dots are not checked at all
+
+
+class _SlowAnalyzer(PythonAnalyzer):
+    """jedi stand-in: every members query takes ``delay`` s and is recorded."""
+
+    def __init__(self, delay: float, budget_s: float = 0.01) -> None:
+        super().__init__(budget_s=budget_s)
+        self.delay = delay
+        self.calls: list[str] = []
+
+    def _members(self, before, after, path):
+        from draftline.analysis.python import Completions
+
+        self.calls.append(before[-20:])
+        time.sleep(self.delay)
+        return Completions(frozenset({"join", "sep", "dirname"}), frozenset({"join", "dirname"}))
+
+
+def test_request_start_waits_for_the_members_after_a_healed_dot():
+    """The known bug: the prompt heals the trailing ".", so step 0 sees `...os.path` and the token
+    `.*` used to pass while the member query was not answered yet."""
+    an = _SlowAnalyzer(delay=0.3)
+    ms = MonitorSet("python", analyzer=an, settings=MonitorSettings(dot_lookahead="cached"))
+    base = "import os\n\n\ndef start_case(p):\n    return os.path"
+    s = ms.session(base, "\n", heal=".")
+    t = time.perf_counter()
+    c0 = s.at("")
+    assert time.perf_counter() - t > 0.2  # waited (the per-query budget is 0.01 s)
+    assert c0.allows(".") and c0.allows(".join") and not c0.allows(".*") and not c0.allows(".push")
+    assert an.calls == ["\n    return os.path."]  # only the cursor's query, not the members of `os`
+    t = time.perf_counter()
+    c1 = s.at(".")  # the cursor itself: the same query, answered
+    assert time.perf_counter() - t < 0.1 and c1.candidates == {"join", "sep", "dirname"} and not c1.other
+    assert not c1.allows("*p") and c1.allows("join(")
+    # past the heal: the step's own member query waits the per-query budget only, and no
+    # lookahead query is started for a "." token (dot_lookahead="cached")
+    t = time.perf_counter()
+    c2 = s.at(".join(os.path")
+    assert time.perf_counter() - t < 0.1
+    assert c2 is not None and not c2.allows(".*") and c2.allows(".sep")
+    time.sleep(0.5)
+    assert an.calls[1:] == ["urn os.path.join(os."]
+
+
+def test_session_prefetch_starts_the_cursor_query():
+    an = _SlowAnalyzer(delay=0.2)
+    ms = MonitorSet("python", analyzer=an, settings=MonitorSettings(start_budget_s=0.0))
+    base = "import os\nprefetched = os.path"
+    s = ms.session(base, "\n", heal=".")
+    s.prefetch()
+    time.sleep(0.5)
+    c0 = s.at("")
+    assert c0.after_dot is not None and c0.after_dot.candidates == {"join", "sep", "dirname"}
+    cold = ms.session("import os\nnot_prefetched = os.path", "\n", heal=".").at("")
+    assert cold.after_dot is not None and cold.after_dot.candidates is None  # no wait: any identifier
+    assert not cold.allows(".*")
+
+
+def test_new_attributes_only_on_self(mset):
+    code = "import http.client\nconn = http.client.HTTPConnection('h')\nconn."
+    c = mset.at(code, "\n")
+    assert c.allows("putheader(") and c.allows("timeout =")
+    assert not c.allows("brand_new =") and not c.allows("postrequest_on_multipart")
+
+
 def test_same_file_class_and_init_attributes(mset):
     code = ("class Account:\n    def __init__(self, owner):\n        self.owner = owner\n        self.balance = 0\n\n"
             "    def deposit(self, amount):\n        self.")
     c = mset.at(code, "\n")
     assert {"owner", "balance", "deposit"} <= c.candidates
-    # statement start: `self.new_attr = ...` creates an attribute, so new names may be assigned
-    assert c.allows("new_attr =") and c.allows("balance") and not c.allows("new_attr(")
+    # outside the attribute-defining methods only existing attributes (pylint W0201)
+    assert c.allows("balance =") and c.allows("balance") and not c.allows("new_attr =") and not c.allows("new_attr(")
+    # statement start in __init__: `self.new_attr = ...` creates an attribute, new names may be assigned
+    c_init = mset.at(code[: code.index("\n\n")] + "\n        self.", "\n")
+    assert c_init.allows("new_attr =") and c_init.allows("owner") and not c_init.allows("new_attr(")
     c_load = mset.at(code + "balance += amount\n        return self.", "\n")
     assert c_load.allows("balance") and not c_load.allows("new_attr") and not c_load.allows("new_attr =")
 
@@ -144,6 +238,16 @@ def test_no_constraint_in_strings_comments_brackets_and_binding_positions(mset):
         assert c is None or c.candidates is None, text
     c = mset.at("x = [y for y in range(3) if ", "]")
     assert c is None or c.allows("y") and c.allows("anything")
+
+
+def test_strings_after_keywords_and_names(mset):
+    """`return "x"`: the quote after the space starts a string; it is not a string prefix."""
+    for text, tok in (("def f(x):\n    return", ' "'), ("def f(x):\n    return", " ''."), ("def f(x):\n    return ", '"'),
+                      ("def f(x):\n    y = x if x else", ' "'), ("def f(x):\n    y = f", '"')):
+        c = mset.at(text, "\n")
+        assert c is None or c.allows(tok), (text, tok)
+    c = mset.at("def f(x):\n    y = q", "\n")
+    assert not c.allows('"') and c.allows(" ")  # `q"` is no string prefix
 
 
 def test_after_expression_only_keywords(mset):

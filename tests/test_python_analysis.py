@@ -62,6 +62,18 @@ def test_no_position_inside_strings_and_comments(text):
 
 def test_followers_mark_assignment_targets():
     assert pos("    self.cou").followers == py.ASSIGN_FOLLOWERS
+    assert pos("    cls.cou").followers == py.ASSIGN_FOLLOWERS
+    # a brand-new attribute is only expected on self/cls: other receivers take their members
+    assert pos("    conn.put").followers == () and pos("    self.conn.put").followers == ()
+    assert pos("a, self.b").followers == py.CHAIN_FOLLOWERS and pos("a, conn.b").followers == ()
+    # ... and only in methods that define attributes (elsewhere: pylint's attribute-defined-outside-init)
+    cls = "class A:\n    def {}(self):\n        x = 1\n        if x:\n            self.cou"
+    for name in ("__init__", "setUp", "reset", "_init_state", "__post_init__"):
+        assert pos(cls.format(name)).followers == py.ASSIGN_FOLLOWERS, name
+    for name in ("run", "connect", "__call__"):
+        assert pos(cls.format(name)).followers == (), name
+    nested = "class A:\n    def __init__(self):\n        def cb():\n            pass\n        self.cou"
+    assert pos(nested).followers == py.ASSIGN_FOLLOWERS
     assert pos("x = self.cou").followers == ()
     assert pos("a, b").followers == py.CHAIN_FOLLOWERS
     assert pos("a, b = c, d").followers == ()
@@ -73,6 +85,21 @@ def test_after_identifier_position():
     assert pos("return", ident_is_prev=True).kind == "name"
     assert pos("x = foo", ident_is_prev=True).kind == "after_expr"
     assert pos("import os", ident_is_prev=True).kind == "after_expr"
+
+
+@pytest.mark.parametrize("code", [
+    "x = f'{a!r}'\n", "x = f'{a:#x}'\n", "x = f'<{type(self).__name__} at {id(self):#x} {self._format()}>'\n",
+    "x = f'{a!=b}'\n", "x = f'{a:>{w}} {b}'\n", "x = f'{(lambda q: q)(1)}'\n", "x = f'{d[\"a\"]:{w}.{p}f}'\n",
+    'x = f"""{a:\n}"""\n', "x = f'{a:#x\n",  # (unterminated: recover at the line end)
+])
+def test_lexer_fstring_format_specs_are_text(code):
+    """A format spec is text: `{id(self):#x}` must not open a comment (asyncio/queues.py)."""
+    st = scan(code + "if self.")
+    assert st.in_code and st.frames == ()
+    p = classify(code + "if self.", st)
+    assert p is not None and p.kind == "member"
+    inside = scan("x = f'{a:>10")
+    assert not inside.in_code and closers(inside) == "}'"
 
 
 def test_closers_and_statement_start():
@@ -192,6 +219,31 @@ def test_budget_returns_none_and_the_answer_lands_later():
     assert an.query("members", "x.", "") is None  # still running: no second wait
     time.sleep(0.5)
     assert an.query("members", "x.", "").names == {"late"}
+
+
+def test_prefetches_never_queue_behind_work_and_start_budgets_wait_longer():
+    """Speculative queries (wait=False) are queued only on an idle worker, so the query a decode
+    step waits for is never refused; ``budget`` extends one wait; ``start=False`` only looks up."""
+    an = PythonAnalyzer(budget_s=0.02)
+    calls = []
+
+    def slow(before, after, path):
+        calls.append(before)
+        time.sleep(0.3)
+        return py.Completions(frozenset({"late"}))
+
+    an._members = slow  # type: ignore[method-assign]
+    blocker = py._get_worker().submit(lambda: time.sleep(0.4), None)
+    time.sleep(0.05)  # the blocker is running, nothing is queued
+    assert an.query("members", "pre_a.", "", wait=False) is None  # queued (backlog 0 -> 1)
+    assert an.query("members", "pre_b.", "", wait=False) is None  # refused: something is queued
+    assert an.query("members", "pre_c.", "", wait=False, start=False) is None
+    t = time.perf_counter()
+    got = an.query("members", "pre_b.", "", budget=5)  # a waited query still gets in, and waits
+    assert got is not None and got.names == {"late"} and time.perf_counter() - t > 0.2
+    blocker.result(timeout=5)
+    assert calls == ["pre_a.", "pre_b."]  # pre_c was never started
+    assert an.query("members", "pre_a.", "", start=False).names == {"late"}  # looked up, done
 
 
 def test_failures_are_unknown():

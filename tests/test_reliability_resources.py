@@ -1,0 +1,154 @@
+"""P5: bounded resources. Memory of the server after 1,000 edits over 50 files (fake
+engine, real process), the model's context budget, the KV-cache LRU budget across
+documents, documents too large for the model, and the parser's byte budget. (One decode
+job at a time: tests/test_reliability_scheduling.py.)"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from draftline.lsp.testing import RawServer
+
+# after the documents are open: the 50 texts turn from 1 to 4 bytes per character with the
+# first non-ASCII edit (+20 MB, twice while the engine holds the previous version), plus
+# allocator slack; a leak of one text per edit would be 1000 x 400 KB
+RSS_GROWTH_BUDGET = 96 * 2**20
+RSS_BUDGET = 640 * 2**20  # absolute (torch alone is ~250 MB of it)
+
+
+def test_rss_after_1000_edits_over_50_files():
+    rng = random.Random(7)
+    base = "".join(f"def function_{i}(argument):\n    return argument * {i} + len('{'x' * 20}')\n"
+                   for i in range(1200))  # ~100 KB per file, 5 MB over 50 files
+    docs = {f"file:///work/rss/m{i}.py": base for i in range(50)}
+    versions = {u: 1 for u in docs}
+    with RawServer("steps:2,delay_ms:1") as s:
+        s.initialize()
+        for u, t in docs.items():
+            s.open(u, t)
+        s.status()
+        rss0 = s.rss()
+        uris = list(docs)
+        ids = []
+        for n in range(1000):
+            u = rng.choice(uris)
+            t = docs[u]
+            lines = t.count("\n")
+            line = rng.randrange(lines)
+            ins = rng.choice(["x", "# note\n", "    pass\n", "é😀", ""])
+            s.change(u, versions[u] + 1, [{"range": {"start": {"line": line, "character": 0},
+                                                       "end": {"line": line, "character": 0}}, "text": ins}])
+            # the client's copy (ASCII-free positions at column 0: a plain splice)
+            starts = [0]
+            k = -1
+            for _ in range(line):
+                k = t.index("\n", k + 1)
+            off = k + 1 if line else 0
+            docs[u] = t[:off] + ins + t[off:]
+            versions[u] += 1
+            if n % 10 == 0:
+                ids.append(s.inline(u, line, 0))
+        s.drain(120)
+        assert s.missing_or_duplicate() == []
+        for u in uris:  # no document lost or corrupted
+            assert s.document_text(u) == {"text": docs[u], "version": versions[u]}
+        rss1 = s.rss()
+        assert rss1 - rss0 < RSS_GROWTH_BUDGET, (rss0 >> 20, rss1 >> 20)
+        assert rss1 < RSS_BUDGET, rss1 >> 20
+        for u in uris:
+            s.notify("textDocument/didClose", {"textDocument": {"uri": u}})
+        assert s.status()["documents"] == 0
+        assert s.shutdown_and_exit() == 0
+
+
+async def test_no_per_message_bookkeeping_is_left_behind():
+    """pygls keeps a future per generator-handled notification (didOpen/didChange/didClose)
+    forever; the protocol drops them. Same for answered requests and their ids."""
+    from draftline.lsp.testing import InProc
+
+    h = InProc(fake="steps:1,delay_ms:0")
+    try:
+        await h.initialize()
+        await h.engine()
+        for i in range(200):
+            uri = f"file:///work/b{i % 5}.py"
+            h.open(uri, "x = 1\n")
+            h.change(uri, 2, [{"text": "y = 2\n"}])
+            await h.wait(h.inline(uri, 0, 5))
+            h.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
+        await h.sync()
+        p = h.ls.protocol
+        assert len(p._request_futures) == 0
+        assert p.pending_requests() == 0
+        assert len(h.ls.docs.docs) == 0
+    finally:
+        await h.close()
+
+
+def test_documents_over_the_model_limit_never_reach_the_engine():
+    from draftline.lsp.documents import MAX_DOCUMENT_CHARS
+
+    with RawServer("steps:1") as s:
+        s.initialize()
+        uri = "file:///work/huge.txt"
+        s.open(uri, "a" * (MAX_DOCUMENT_CHARS + 1))
+        calls = s.engine_info().get("calls", 0)
+        r = s.wait(s.inline(uri, 0, 10))
+        assert r["result"]["items"] == []
+        assert s.engine_info()["calls"] == calls
+        assert s.shutdown_and_exit() == 0
+
+
+# -- the model side, on a tiny random-weight model -------------------------------------------------
+def big_source() -> str:
+    from conftest import stdlib_source
+
+    return stdlib_source("textwrap.py") + stdlib_source("json/decoder.py")
+
+
+def test_prompt_stays_within_context_tokens(tiny):
+    from draftline.completion.engine import Engine, EngineConfig
+
+    eng = Engine(tiny, EngineConfig(k=2, max_tokens=4, context_tokens=300, suffix_tokens=64))
+    src = big_source()
+    for cursor in (0, len(src) // 3, len(src) // 2, len(src)):
+        res = eng.complete("file:///big.py", src, cursor)
+        assert res.tokens["prompt"] <= eng.context_tokens <= 300
+        assert len(eng.cache_of("file:///big.py").tokens) <= eng.context_tokens
+
+
+def test_kv_caches_stay_under_the_lru_budget(tiny):
+    from draftline.completion.engine import Engine, EngineConfig
+
+    eng = Engine(tiny, EngineConfig(k=1, max_tokens=4, context_tokens=512))
+    src = big_source()
+    cur = len(src) // 2  # same cursor everywhere: caches of equal size
+    eng.prepare("file:///d0.py", src, cur)
+    one = eng.caches.nbytes
+    assert one > 0
+    eng.caches.budget_bytes = int(one * 2.5)  # room for two documents' caches
+    for i in range(1, 8):
+        eng.prepare(f"file:///d{i}.py", src, cur)
+        assert eng.caches.nbytes <= eng.caches.budget_bytes
+        assert f"file:///d{i}.py" in eng.caches.caches  # the document in use is never evicted
+    assert list(eng.caches.caches) == ["file:///d6.py", "file:///d7.py"]  # least recently used went first
+    eng.complete("file:///d6.py", src, cur)  # touching d6 makes d7 the oldest
+    eng.prepare("file:///d8.py", src, cur)
+    assert list(eng.caches.caches) == ["file:///d6.py", "file:///d8.py"]
+
+
+def test_parse_budget():
+    from draftline.analysis.syntax import DEFAULT_MAX_PARSE_BYTES, SyntaxDocument
+
+    line = "x = [1, 2, 3]  # " + "y" * 60 + "\n"
+    text = line * (DEFAULT_MAX_PARSE_BYTES // len(line) + 10)
+    t0 = time.perf_counter()
+    doc = SyntaxDocument(text, "python")
+    doc.update(text + "z = 1\n", len(text), len(text), len(text) + 6)
+    assert doc.tree is None and doc.over_budget
+    assert time.perf_counter() - t0 < 1.0
+    small = SyntaxDocument("def f():\n    return 1\n", "python")
+    assert small.tree is not None
