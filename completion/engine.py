@@ -149,11 +149,11 @@ class Engine:
         cfg = self.config
         t0 = time.perf_counter()
         pr = self.prompt_for(doc, text, cursor)
+        if guides is None and self.guide_factory is not None and cfg.monitors:
+            guides = self.guide_factory(doc, pr)  # starts the cursor's jedi query: it runs during the sync
         t1 = time.perf_counter()
         st = self._sync(doc, pr, cancel)
         t2 = time.perf_counter()
-        if guides is None and self.guide_factory is not None and cfg.monitors:
-            guides = self.guide_factory(doc, pr)
         ng = self.ngram
         if ng is not None:  # other documents' pending edits; this one's tokens as they are
             ng.flush(current=(doc, self.texts[doc].ids))

@@ -95,14 +95,14 @@ async def test_edit_then_complete_uses_pie(client: LanguageClient):
     uri = "file:///work/decoder.py"
     open_doc(client, uri, src)
     lines = src.split("\n")
-    ln = next(i for i, l in enumerate(lines) if "def raw_decode" in l)
+    ln = next(i for i, l in enumerate(lines) if "obj, end = self.scan_once(s, idx)" in l) - 2
     client.text_document_did_change(T.DidChangeTextDocumentParams(
         text_document=T.VersionedTextDocumentIdentifier(uri=uri, version=2),
         content_changes=[T.TextDocumentContentChangePartial(
             range=T.Range(start=T.Position(line=20, character=0), end=T.Position(line=20, character=0)),
             text="# inserted line\n")]))
     res = await asyncio.wait_for(client.text_document_inline_completion_async(T.InlineCompletionParams(
-        text_document=T.TextDocumentIdentifier(uri=uri), position=T.Position(line=ln + 2, character=8),
+        text_document=T.TextDocumentIdentifier(uri=uri), position=T.Position(line=ln + 2 + 1, character=12),
         context=T.InlineCompletionContext(trigger_kind=T.InlineCompletionTriggerKind.Invoked))), 120)
     assert res.items
     text = plain(await client.protocol.send_request_async("draftline/documentText", {"uri": uri}))
