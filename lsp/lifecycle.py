@@ -424,7 +424,28 @@ def serve(ls, stdin: BinaryIO, stdout: BinaryIO) -> int:
     return code
 
 
+def tune_malloc(threshold: int = 256 * 1024) -> bool:
+    """glibc raises its mmap threshold each time a large block is freed, after which
+    document-sized strings (a new one per edit) come from the heap arenas of three threads
+    and fragment them: RSS then creeps by tens of MB per thousand edits. A fixed threshold
+    keeps such blocks mmapped, so freeing them returns the memory (measured over 4000 edits
+    of 50 files of 100 KB: RSS steady at ~360 MB instead of 450-570 MB). No-op elsewhere;
+    DRAFTLINE_NO_MALLOC_TUNE=1 turns it off."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        M_MMAP_THRESHOLD = -3
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
+    except (OSError, AttributeError):
+        return False
+
+
 def run_stdio(ls, proto_out: BinaryIO | None) -> int:
+    if not os.environ.get("DRAFTLINE_NO_MALLOC_TUNE"):
+        tune_malloc()
     watch_parent(ls)
     try:
         code = serve(ls, sys.stdin.buffer, proto_out or sys.stdout.buffer)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import queue
 import re
 import subprocess
 import sys

@@ -4,7 +4,6 @@ text; P8 a hostile workspace is never executed nor read outside its roots."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading

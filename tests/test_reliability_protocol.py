@@ -4,7 +4,6 @@ spoken to in raw bytes (lsp/testing.RawServer), with the fake engine."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
