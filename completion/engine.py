@@ -185,22 +185,28 @@ class Engine:
         """Strip the healed text, trim, drop empties and duplicates, rank by probability."""
         seen: set[str] = set()
         outs: list[DraftOut] = []
+        clean: list[bool] = []  # parses without new errors (when the trim can tell)
         for d in sorted(drafts, key=lambda d: -d.logprob):
             full = d.final_text(self.tok)
             if not full.startswith(pr.heal):
                 continue  # cannot happen with the heal guide; never emit misaligned text
             text = full[len(pr.heal):].rstrip()
             replace = 0
+            ok = True
             if trim is not None:
                 r = trim(pr.prefix, text, pr.suffix)
                 if r is None:
                     continue
-                text, replace = r
+                text, replace = r[0], r[1]
+                ok = r[2] if len(r) > 2 else True
             text = _sanitize(text)
             if not text.strip() or text in seen:
                 continue
             seen.add(text)
             outs.append(DraftOut(text, replace, round(d.logprob, 4)))
+            clean.append(ok)
+        if any(clean):  # drop drafts that add parse errors when another draft does not
+            outs = [o for o, c in zip(outs, clean) if c]
         return outs
 
 

@@ -330,16 +330,18 @@ def make_guide_factory(server: DraftlineServer):
 def make_trim(language_id: str):
     """Syntax-aware trimming of drafts (analysis.trim), when available."""
     try:
-        from draftline.analysis.trim import trim_draft
+        from draftline.analysis.trim import adds_parse_errors, trim_draft
     except ImportError:
         return None
 
     def trim(prefix: str, draft: str, suffix: str):
+        """(text, replaced suffix chars, parses cleanly) or None for an empty draft."""
         line_after = suffix.split("\n", 1)[0]
         r = trim_draft(language_id, prefix, draft, suffix, mid_line=bool(line_after.strip()))
         if r is None:
             return None
-        return r.text, r.replace
+        ok = not adds_parse_errors(language_id, prefix, r.text, suffix[r.replace:])
+        return r.text, r.replace, ok
 
     return trim
 

@@ -134,3 +134,20 @@ def test_fim_prompt_for_models_with_fim_tokens(default_model_dir):
     assert tok.decode(pr.tokens[i + 1:-1]) == text[cursor:]
     # a literal FIM marker in the file stays text
     assert tok.fim.prefix not in tok.encode("s = '<fim_prefix>'")
+
+
+def test_finish_drops_drafts_that_add_parse_errors_when_another_parses(tiny):
+    from draftline.completion.decode import Draft
+    from draftline.completion.engine import Engine
+    from draftline.completion.prompt import Prompt
+    from draftline.lsp.server import make_trim
+
+    eng = Engine(tiny)
+    tok = tiny.tokenizer
+    pr = Prompt([1], "", "def f(x):\n    return ", "\n", 0, False)
+    drafts = [Draft(tokens=tok.encode(t), logprob=-i) for i, t in enumerate(["x + 1", "x +* )(", "x * 2"])]
+    outs = eng._finish(pr, drafts, make_trim("python"))
+    assert [o.text for o in outs] == ["x + 1", "x * 2"]
+    # when every draft adds errors, none is dropped for it
+    outs = eng._finish(pr, drafts[1:2], make_trim("python"))
+    assert len(outs) == 1 and outs[0].text.startswith("x +*")
