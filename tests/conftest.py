@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,37 @@ def tiny(tiny_dir):
     from draftline.completion import model as M
 
     return M.load(str(tiny_dir))
+
+
+class ForwardCounter:
+    """Counts forward passes; sets the cancel flag while forward number `trigger` runs
+    (as another thread would, mid-step) and records how many had started by then."""
+
+    def __init__(self, net, trigger: int):
+        self.net, self.trigger = net, trigger
+        self.n = 0
+        self.at_set: int | None = None
+        self.cancel = threading.Event()
+        self.orig = net.forward
+        self.had_attr = "forward" in vars(net)
+
+    def __enter__(self):
+        def fwd(*a, **k):
+            self.n += 1
+            if self.n == self.trigger:
+                self.at_set = self.n
+                self.cancel.set()
+            return self.orig(*a, **k)
+
+        self.net.forward = fwd
+        return self
+
+    def __exit__(self, *exc):
+        if self.had_attr:
+            self.net.forward = self.orig
+        else:
+            del self.net.forward
+
+    @property
+    def started_after_cancel(self) -> int:
+        return self.n - self.at_set

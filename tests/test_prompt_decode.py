@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 
 import pytest
 import torch
 
+from conftest import ForwardCounter
 from draftline.completion.decode import DecodeSpec, HealGuide, PieceIndex, decode
 from draftline.completion.kvcache import Cancelled, DocCache
 from draftline.completion.prompt import build_prompt
@@ -85,23 +85,10 @@ def test_cancel_stops_within_one_step(tiny):
     prompt = tok.encode("x = [")
     c = DocCache(net)
     c.sync(prompt[:-1])
-    ev = threading.Event()
-    calls = {"n": 0}
-    real = net.forward
-
-    def counting(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            ev.set()
-        return real(*a, **k)
-
-    net.forward = counting
-    try:
+    with ForwardCounter(net, trigger=3) as fc:
         with pytest.raises(Cancelled):
-            decode(c, prompt, tok, DecodeSpec(k=2, max_tokens=40, cancel=ev))
-    finally:
-        del net.forward
-    assert calls["n"] == 3  # no forward after the one during which cancel was set
+            decode(c, prompt, tok, DecodeSpec(k=2, max_tokens=40, cancel=fc.cancel))
+    assert fc.n == 3  # no forward after the one during which cancel was set
 
 
 def test_stop_rules():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import stdlib_source
+from conftest import ForwardCounter, stdlib_source
 from draftline.completion.kvcache import Cancelled
 
 pytestmark = [pytest.mark.real_model]
@@ -28,36 +28,6 @@ def engine(default_model):
     from draftline.completion.engine import Engine, EngineConfig
 
     return Engine(default_model, EngineConfig(k=3, max_tokens=48))
-
-
-class ForwardCounter:
-    """Counts forward passes; sets the cancel flag while forward number `trigger` runs
-    (as another thread would, mid-step) and records how many had started by then."""
-
-    def __init__(self, net, trigger: int):
-        self.net, self.trigger = net, trigger
-        self.n = 0
-        self.at_set: int | None = None
-        self.cancel = threading.Event()
-        self.orig = net.forward
-
-    def __enter__(self):
-        def fwd(*a, **k):
-            self.n += 1
-            if self.n == self.trigger:
-                self.at_set = self.n
-                self.cancel.set()
-            return self.orig(*a, **k)
-
-        self.net.forward = fwd
-        return self
-
-    def __exit__(self, *exc):
-        self.net.forward = self.orig
-
-    @property
-    def started_after_cancel(self) -> int:
-        return self.n - self.at_set
 
 
 # -- P4 ---------------------------------------------------------------------------------------

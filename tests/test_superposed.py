@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 
 import pytest
 import torch
 
+from conftest import ForwardCounter
 from draftline.completion.decode import (DecodeSpec, DecodeStats, HealGuide, PieceIndex, _first_logits, decode)
 from draftline.completion.kvcache import Cancelled, DocCache
 from draftline.completion.ngram import NGram
@@ -123,24 +123,11 @@ def test_superposed_respects_healing_and_stop(tiny):
 def test_superposed_cancel_within_one_step(tiny):
     net, tok = tiny.net, tiny.tokenizer
     prompt = tok.encode("x = [")
-    ev = threading.Event()
-    calls = {"n": 0}
-    real = net.forward
-
-    def counting(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            ev.set()
-        return real(*a, **k)
-
     c = _ready(net, prompt)
-    net.forward = counting
-    try:
+    with ForwardCounter(net, trigger=3) as fc:
         with pytest.raises(Cancelled):
-            decode(c, prompt, tok, DecodeSpec(k=3, max_tokens=40, cancel=ev, method="superposed"))
-    finally:
-        del net.forward
-    assert calls["n"] == 3
+            decode(c, prompt, tok, DecodeSpec(k=3, max_tokens=40, cancel=fc.cancel, method="superposed"))
+    assert fc.n == 3
 
 
 def test_superposed_reset_continues_each_draft_exactly(tiny):
