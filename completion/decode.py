@@ -204,11 +204,31 @@ def decode(cache: DocCache, prompt: list[int], tok: Tokenizer, spec: DecodeSpec)
     return drafts, st
 
 
+def tree_step(cache: DocCache, drafts: list[Draft], active: list[int], slots_of: list[list[int]],
+              n: int, nxt: int, masked: bool = True) -> tuple[torch.Tensor, int]:
+    """One forward of the active drafts' last tokens, written at slots [nxt, nxt+T); row r
+    sees the prompt [0, n) and draft active[r]'s own slots only (None mask when there is a
+    single draft). Returns the rows' logits and the next free slot."""
+    T = len(active)
+    for r, i in enumerate(active):
+        slots_of[i].append(nxt + r)
+    S = nxt + T
+    mask = None
+    if masked:
+        mask = torch.zeros(T, S, dtype=torch.bool)
+        mask[:, :n] = True
+        for r, i in enumerate(active):
+            mask[r, slots_of[i]] = True
+    ids = torch.tensor([drafts[i].tokens[-1] for i in active])
+    pos = torch.tensor([n + len(drafts[i].tokens) - 1 for i in active])
+    out = cache.net.forward(ids, pos, cache.k, cache.v, nxt, mask=mask, logits_rows=slice(None))
+    return out, S
+
+
 def _batched(cache: DocCache, n: int, logits: torch.Tensor, tok: Tokenizer, spec: DecodeSpec,
              st: DecodeStats, k: int, sample: bool = False) -> list[Draft]:
     """k drafts from the k best first tokens, then greedy (or sampled) per draft, advanced
     together one forward per step (see module doc)."""
-    net = cache.net
     lp0 = torch.log_softmax(_apply(logits, _mask_for(spec, "")), -1)
     if sample:
         first = torch.multinomial(lp0.exp(), 1)
@@ -223,27 +243,12 @@ def _batched(cache: DocCache, n: int, logits: torch.Tensor, tok: Tokenizer, spec
         drafts.append(d)
     slots_of: list[list[int]] = [[] for _ in drafts]  # scratch slots holding draft i's tokens
     nxt = n  # next free slot
-    step = 0
     while True:
         active = [i for i, d in enumerate(drafts) if not d.done]
         if not active:
             break
         _check_cancel(spec)
-        T = len(active)
-        for r, i in enumerate(active):
-            slots_of[i].append(nxt + r)
-        S = nxt + T
-        mask = None
-        if len(drafts) > 1:
-            mask = torch.zeros(T, S, dtype=torch.bool)
-            mask[:, :n] = True
-            for r, i in enumerate(active):
-                mask[r, slots_of[i]] = True
-        ids = torch.tensor([drafts[i].tokens[-1] for i in active])
-        pos = torch.full((T,), n + step, dtype=torch.long)
-        out = net.forward(ids, pos, cache.k, cache.v, nxt, mask=mask, logits_rows=slice(None))
-        nxt = S
-        step += 1
+        out, nxt = tree_step(cache, drafts, active, slots_of, n, nxt, masked=len(drafts) > 1)
         st.steps += 1
         for r, i in enumerate(active):
             d = drafts[i]

@@ -46,7 +46,7 @@ import math
 
 import torch
 
-from .decode import DecodeSpec, DecodeStats, Draft, _apply, _check_cancel, _extend, _mask_for
+from .decode import DecodeSpec, DecodeStats, Draft, _apply, _check_cancel, _extend, _mask_for, tree_step
 from .kvcache import DocCache
 from .tokens import Tokenizer
 
@@ -232,18 +232,7 @@ def _exact_continue(cache: DocCache, n: int, nxt: int, drafts: list[Draft], tok:
         if not active:
             break
         _check_cancel(spec)
-        T = len(active)
-        for q, i in enumerate(active):
-            slots_of[i].append(nxt + q)
-        S = nxt + T
-        mask = torch.zeros(T, S, dtype=torch.bool)
-        mask[:, :n] = True
-        for q, i in enumerate(active):
-            mask[q, slots_of[i]] = True
-        ids = torch.tensor([drafts[i].tokens[-1] for i in active])
-        p = torch.tensor([n + len(drafts[i].tokens) - 1 for i in active])
-        out = net.forward(ids, p, cache.k, cache.v, nxt, mask=mask, logits_rows=slice(None))
+        out, nxt = tree_step(cache, drafts, active, slots_of, n, nxt)
         st.steps += 1
-        nxt = S
         z = {i: out[q] for q, i in enumerate(active)}
     return drafts
