@@ -658,7 +658,30 @@ def _configure_jedi() -> None:
         return original(inference_state, file_io, import_names=import_names, is_package=is_package)
 
     jimports._load_python_module = load_python_module
+    jimports.Importer._sys_path_with_modifications = _sys_path_within_project
     _jedi_configured = True
+
+
+def _sys_path_within_project(self, is_completion):
+    """jedi's import path, where the ``sys.path.insert/append(...)`` calls it finds in the
+    document count only when they point inside the project root: jedi would otherwise read
+    any directory a file names (``sys.path.insert(0, '/home/other')``), outside the workspace
+    the editor opened.  Without a workspace root no such call counts."""
+    if self._fixed_sys_path is not None:
+        return self._fixed_sys_path
+    from jedi.inference import sys_path as jsys_path
+
+    base = self._inference_state.get_sys_path(add_init_paths=not is_completion)
+    project = getattr(self._inference_state, "project", None)
+    root = os.path.normcase(os.path.realpath(str(project.path))) if project is not None else None
+    if root is None or root == os.path.abspath(os.sep):
+        return base
+    extra = []
+    for p in jsys_path.check_sys_path_modifications(self._module_context):
+        ap = os.path.normcase(os.path.realpath(str(p)))
+        if ap == root or ap.startswith(root + os.sep):
+            extra.append(str(p))
+    return base + extra
 
 
 def _overlay_module(inference_state, file_io, code, import_names, is_package):

@@ -111,6 +111,15 @@ class Engine:
         self.texts.pop(doc, None)
         self.caches.drop(doc)
 
+    def release_memory(self) -> int:
+        """Free every document's KV cache (they are rebuilt on demand): called after a
+        MemoryError so the next request does not fail the same way.  Returns bytes freed."""
+        import gc
+
+        freed = self.caches.clear()
+        gc.collect()
+        return freed
+
     def prompt_for(self, doc: str, text: str, cursor: int) -> Prompt:
         tt = self.update(doc, text)
         cfg = self.config

@@ -357,6 +357,12 @@ class CacheStore:
     def drop(self, doc: str) -> None:
         self.caches.pop(doc, None)
 
+    def clear(self) -> int:
+        """Drop every cache (after an out-of-memory fault); returns the bytes released."""
+        freed = self.nbytes
+        self.caches.clear()
+        return freed
+
     @property
     def nbytes(self) -> int:
         return sum(c.nbytes for c in self.caches.values())

@@ -39,9 +39,12 @@ def cmd_serve(a: argparse.Namespace) -> int:
         s.model = a.model
     ls = build_server(s, test_mode=a.test_mode)
     if a.tcp:
+        from .lifecycle import run_tcp
+
         host, _, port = a.tcp.rpartition(":")
-        ls.start_tcp(host or "127.0.0.1", int(port))
-        return 0
+        if not port.isdigit():
+            raise SystemExit("--tcp needs HOST:PORT (PORT a number)")
+        return run_tcp(ls, host or "127.0.0.1", int(port))
     from .lifecycle import run_stdio
 
     return run_stdio(ls, proto_out)

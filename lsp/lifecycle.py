@@ -454,3 +454,26 @@ def run_stdio(ls, proto_out: BinaryIO | None) -> int:
             ls._scheduler.stop()
     _flush_and_exit(code)  # the worker may be inside a forward; do not wait for it
     return code
+
+
+def run_tcp(ls, host: str, port: int) -> int:
+    """Serve one client over TCP with the same bounded framing as stdio (pygls' own TCP
+    server reads frames without a size bound).  Listens on ``host:port``, accepts the first
+    connection, and exits when it closes, like the stdio server on EOF."""
+    import socket
+
+    if not os.environ.get("DRAFTLINE_NO_MALLOC_TUNE"):
+        tune_malloc()
+    with socket.create_server((host, port)) as srv:
+        log.info("listening on %s:%d", host, srv.getsockname()[1])
+        conn, peer = srv.accept()
+    log.info("client connected from %s:%s", *peer[:2])
+    with conn:
+        rfile, wfile = conn.makefile("rb"), conn.makefile("wb")
+        try:
+            code = serve(ls, rfile, wfile)
+        finally:
+            if getattr(ls, "_scheduler", None) is not None:
+                ls._scheduler.stop()
+    _flush_and_exit(code)
+    return code

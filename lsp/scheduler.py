@@ -68,7 +68,8 @@ class Scheduler:
     called exactly once (the server shows it to the user)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, max_restarts: int = 3,
-                 on_disabled: Callable[[str], None] | None = None):
+                 on_disabled: Callable[[str], None] | None = None,
+                 on_memory_error: Callable[[], None] | None = None):
         self.loop = loop
         # (priority, sequence, job): completions before background cache work, FIFO within
         self.q: "queue.PriorityQueue[tuple[int, int, Job | None]]" = queue.PriorityQueue()
@@ -80,6 +81,7 @@ class Scheduler:
         self.faults = 0
         self.max_restarts = max_restarts
         self.on_disabled = on_disabled
+        self.on_memory_error = on_memory_error  # run on the worker: free caches before the next job
         self.disabled_reason: str | None = None
         self.stopped = False
         self.jobs_run = 0
@@ -219,6 +221,12 @@ class Scheduler:
                 self._resolve(job, exc=e)
             except MemoryError as e:
                 log.error("out of memory in %s job for %s", job.kind, job.doc)
+                e.with_traceback(None)  # its frames hold the tensors being built
+                if self.on_memory_error is not None:
+                    try:
+                        self.on_memory_error()
+                    except Exception:
+                        log.exception("freeing memory after an out-of-memory fault failed")
                 self._call(self._fail_with_fault, job, e, "out of memory", False)
             except Exception as e:  # engine faults become errors, never a dead server
                 log.exception("%s job for %s failed", job.kind, job.doc)

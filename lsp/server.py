@@ -67,8 +67,16 @@ class DraftlineServer(LanguageServer):
     def scheduler(self) -> Scheduler:
         if self._scheduler is None:
             self._scheduler = Scheduler(asyncio.get_running_loop(), on_disabled=lambda msg: self.window_show_message(
-                T.ShowMessageParams(type=T.MessageType.Error, message=f"draftline: {msg}")))  # once (P7)
+                T.ShowMessageParams(type=T.MessageType.Error, message=f"draftline: {msg}")),  # once (P7)
+                on_memory_error=self._release_memory)
         return self._scheduler
+
+    def _release_memory(self) -> None:
+        """Worker thread, after a MemoryError: drop the KV caches (rebuilt on demand)."""
+        eng = self.engine
+        if eng is not None:
+            freed = eng.release_memory()
+            log.warning("out of memory: released %.0f MiB of KV caches", freed / 2**20)
 
     def log_user(self, msg: str, kind: T.MessageType = T.MessageType.Info) -> None:
         log.info(msg)

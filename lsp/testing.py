@@ -127,6 +127,10 @@ class FakeEngine:
     def needs_refresh(self, doc: str) -> bool:
         return False
 
+    def release_memory(self) -> int:
+        self.lm.info["released"] = self.lm.info.get("released", 0) + 1
+        return 0
+
     def close(self, doc: str) -> None:
         self.lm.info["closes"] += 1
         self.texts.pop(doc, None)

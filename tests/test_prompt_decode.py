@@ -138,3 +138,17 @@ def test_finish_drops_drafts_that_add_parse_errors_when_another_parses(tiny):
     # when every draft adds errors, none is dropped for it
     outs = eng._finish(pr, drafts[1:2], make_trim("python"))
     assert len(outs) == 1 and outs[0].text.startswith("x +*")
+
+
+def test_release_memory_drops_every_cache_and_they_rebuild(tiny):
+    from draftline.completion.engine import Engine, EngineConfig
+
+    eng = Engine(tiny, EngineConfig(k=1, max_tokens=4))
+    for i in range(3):
+        eng.prepare(f"doc{i}", f"def f{i}(x):\n    return x + {i}\n", 10)
+    assert len(eng.caches.caches) == 3 and eng.caches.nbytes > 0
+    before = eng.caches.nbytes
+    assert eng.release_memory() == before
+    assert eng.caches.nbytes == 0 and not eng.caches.caches
+    r = eng.complete("doc1", "def f1(x):\n    return x + 1\n", 10)
+    assert r.drafts is not None and eng.cache_of("doc1") is not None

@@ -287,3 +287,18 @@ def test_workspace_extension_module_is_never_loaded(tmp_path, monkeypatch):
     assert not marker.exists()
     env = an._jedi_objects()[0]
     assert str(tmp_path) not in env.get_sys_path()
+
+
+def test_sys_path_edits_in_the_document_count_only_inside_the_workspace(tmp_path):
+    ws, outside = tmp_path / "ws", tmp_path / "outside"
+    (ws / "vendored").mkdir(parents=True)
+    outside.mkdir()
+    (ws / "vendored" / "inner_mod.py").write_text("def inner_function():\n    pass\n")
+    (outside / "outer_mod.py").write_text("def outer_function():\n    pass\n")
+    an = PythonAnalyzer(workspace_root=str(ws), budget_s=30)
+    head = (f"import sys\nsys.path.insert(0, {str(ws / 'vendored')!r})\n"
+            f"sys.path.append({str(outside)!r})\nimport inner_mod, outer_mod\n")
+    assert "inner_function" in members(an, head + "inner_mod.", path=str(ws / "main.py"))
+    # outside the workspace: unknown module -> no constraint (None) or no member from it
+    outer = members(an, head + "outer_mod.", path=str(ws / "main.py"))
+    assert not outer or "outer_function" not in outer

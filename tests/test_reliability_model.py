@@ -158,9 +158,6 @@ def hostile_workspace(tmp: Path) -> tuple[Path, Path, Path]:
     return ws, outside, markers
 
 
-@pytest.mark.xfail(strict=True, reason="analysis/python.py: jedi follows sys.path.insert()/append() found in the "
-                   "document and opens files outside the workspace roots (jedi Importer "
-                   "_sys_path_with_modifications); nothing is executed. Remove this mark once fixed.")
 async def test_hostile_workspace_is_not_executed_nor_read_outside(tmp_path, default_model_dir):
     global _HOOKED
     from draftline.lsp.testing import InProc

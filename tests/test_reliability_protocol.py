@@ -357,3 +357,67 @@ def test_no_document_text_on_stderr_at_default_level(tmp_path):
     text = open(err_path, encoding="utf-8", errors="replace").read()
     assert "model ready" in text  # the log is there, at INFO
     assert secret not in text
+
+
+def test_tcp_transport_has_the_same_bounded_framing(tmp_path):
+    """`serve --tcp` reads with the stdio server's framing: a lying Content-Length is
+    answered with an error, the next frame is served, and shutdown + exit gives code 0."""
+    import json
+    import socket
+
+    from draftline.lsp.testing import SERVE
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = dict(os.environ, DRAFTLINE_FAKE_ENGINE="steps:2,delay_ms:1")
+    proc = subprocess.Popen(SERVE + ["--tcp", f"127.0.0.1:{port}"], env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=open(tmp_path / "stderr.txt", "wb"))
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                conn = socket.create_connection(("127.0.0.1", port), timeout=30)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "server did not listen"
+                time.sleep(0.2)
+        rfile = conn.makefile("rb")
+
+        def send(obj_or_bytes):
+            data = obj_or_bytes if isinstance(obj_or_bytes, bytes) else frame(json.dumps(obj_or_bytes).encode())
+            conn.sendall(data)
+
+        seen: dict = {}
+
+        def response(mid):
+            while mid not in seen:
+                n = None
+                while True:
+                    line = rfile.readline()
+                    assert line, "connection closed"
+                    if line == b"\r\n":
+                        break
+                    if line.lower().startswith(b"content-length:"):
+                        n = int(line.split(b":")[1])
+                msg = json.loads(rfile.read(n))
+                if "method" not in msg:
+                    seen[msg.get("id")] = msg
+            return seen[mid]
+
+        send({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"capabilities": {}}})
+        assert "result" in response(1)
+        send({"jsonrpc": "2.0", "method": "initialized", "params": {}})
+        send(b"Content-Length: 999999999999\r\n\r\n" + b'{"jsonrpc":"2.0","id":2,"method":"draftline/status"}')
+        send({"jsonrpc": "2.0", "id": 3, "method": "draftline/status", "params": {}})
+        assert "result" in response(3)
+        assert err(response(2)) == -32600
+        send({"jsonrpc": "2.0", "id": 4, "method": "shutdown"})
+        assert "result" in response(4)
+        send({"jsonrpc": "2.0", "method": "exit"})
+        assert proc.wait(timeout=30) == 0
+        conn.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()

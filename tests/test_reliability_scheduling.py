@@ -224,6 +224,8 @@ async def test_engine_exception_is_an_error_response_then_recovers(kind):
         r = await h.wait(h.inline(URI, 1, 12))
         assert items(r)
         assert not [n for n in h.notifications if n["method"] == "window/showMessage"]
+        # out of memory frees the KV caches before the next job; a plain exception does not
+        assert h.ls.engine.lm.info.get("released", 0) == (1 if kind == "oom" else 0)
     finally:
         await h.close()
 
