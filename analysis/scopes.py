@@ -21,7 +21,7 @@ import keyword
 import logging
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from tree_sitter import Node, Tree
 

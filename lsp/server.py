@@ -13,7 +13,6 @@ import asyncio
 import logging
 import os
 import threading
-import time
 import uuid
 from dataclasses import asdict
 from typing import Any
