@@ -153,6 +153,7 @@ def main() -> None:
     from draftline.completion.prompt import build_prompt
     from draftline.completion.stops import StopRule
     from draftline.completion.tokens import TokenizedText
+    from draftline.analysis.trim import adds_parse_errors
 
     for kv in filter(None, args.sp.split(",")):
         name, val = kv.split("=")
@@ -171,7 +172,7 @@ def main() -> None:
         for m in methods:
             if k != 3 and m not in k5:
                 continue
-            base = m.split("~")[0].split("+")[0].replace("-no-ngram", "").replace("-mix", "")
+            base = m.split("~")[0].split("+")[0].replace("-no-ngram", "").replace("-mix", "").replace("-noverify", "")
             extra = {}
             if "-mix" in m:  # free mixing: gamma = softmax(scores), no greedy anchor
                 extra["sp"] = {"ANCHOR": 0.0}
@@ -179,6 +180,8 @@ def main() -> None:
                 extra["alpha"] = float(m.split("~")[1])
             if "+reset" in m:
                 extra["reset_after"] = args.reset_after
+            if "-noverify" in m:  # superposed without the exact verification of the alternatives
+                extra["verify"] = False
             if m.endswith("-no-ngram"):
                 extra["no_ngram"] = True
             configs.append((f"{m}@{k}", base, k, extra))
@@ -207,7 +210,7 @@ def main() -> None:
             spec = DecodeSpec(k=k, max_tokens=MAX_TOKENS, stop=StopRule(pr.heal, True, 0),
                               heal=HealGuide(pieces, pr.heal) if pr.heal else None, method=method,
                               ngram=None if extra.get("no_ngram") else ng, alpha=extra.get("alpha", args.alpha),
-                              reset_after=extra.get("reset_after", 0))
+                              reset_after=extra.get("reset_after", 0), verify=extra.get("verify", True))
             torch.manual_seed(1000 + ti)
             saved = {name: getattr(SP, name) for name in extra.get("sp", {})}
             for name, val in extra.get("sp", {}).items():
@@ -222,9 +225,12 @@ def main() -> None:
             top = max(drafts, key=lambda d: d.logprob) if drafts else None
             top_line = first_line(top, tok, pr.heal) if top is not None else None
             truth = t["truth"]
+            before, after = t["doc"][: t["cursor"]], t["doc"][t["cursor"]:]
+            broken = [adds_parse_errors("python", before, x, after) for x in lines if x]
             res[label].append(dict(ms=st.ms, steps=st.steps, em=any(x == truth for x in lines),
                                    es=max([edit_similarity(x, truth) for x in lines], default=0.0),
-                                   top_em=top_line == truth, distinct=len({x for x in lines if x})))
+                                   top_em=top_line == truth, distinct=len({x for x in lines if x}),
+                                   broken=statistics.mean(broken) if broken else 0.0))
             if args.verbose:
                 print(f"  {label:24s} {st.ms:7.0f} ms {st.steps:3d} steps  em={res[label][-1]['em']!s:5s} "
                       f"{lines}", file=sys.stderr)
@@ -237,18 +243,19 @@ def main() -> None:
         return dict(ms_mean=statistics.mean(r["ms"] for r in rows), ms_p50=statistics.median(r["ms"] for r in rows),
                     steps=statistics.mean(r["steps"] for r in rows), em_any=statistics.mean(r["em"] for r in rows),
                     es_any=statistics.mean(r["es"] for r in rows), em_top=statistics.mean(r["top_em"] for r in rows),
-                    distinct=statistics.mean(r["distinct"] for r in rows))
+                    distinct=statistics.mean(r["distinct"] for r in rows),
+                    broken=statistics.mean(r["broken"] for r in rows))
 
     S = {label: summary(rows) for label, rows in res.items() if rows}
     g = S["greedy"]
     for s in S.values():
         s["cost_vs_greedy"] = s["ms_mean"] / g["ms_mean"]
         s["em_per_s"] = s["em_any"] / (s["ms_mean"] / 1000)
-    hdr = f"{'method':26s} {'ms/req':>8s} {'p50':>7s} {'x greedy':>8s} {'steps':>6s} {'EM any':>7s} {'ES any':>7s} {'EM top':>7s} {'distinct':>8s}"
+    hdr = f"{'method':26s} {'ms/req':>8s} {'p50':>7s} {'x greedy':>8s} {'steps':>6s} {'EM any':>7s} {'ES any':>7s} {'EM top':>7s} {'distinct':>8s} {'broken':>7s}"
     print(hdr)
     for label, s in S.items():
         print(f"{label:26s} {s['ms_mean']:8.0f} {s['ms_p50']:7.0f} {s['cost_vs_greedy']:8.2f} {s['steps']:6.1f} "
-              f"{s['em_any']:7.3f} {s['es_any']:7.3f} {s['em_top']:7.3f} {s['distinct']:8.2f}")
+              f"{s['em_any']:7.3f} {s['es_any']:7.3f} {s['em_top']:7.3f} {s['distinct']:8.2f} {s['broken']:7.3f}")
     # the default: the k=3 method (its default settings; variants are ablations) that finds
     # the true line most often per second of decoding
     k3 = {l: s for l, s in S.items() if l in ("superposed@3", "batched@3", "beam@3", "sequential@3")}

@@ -15,9 +15,11 @@ before the prompt is encoded, so its jedi query runs meanwhile), stopping at the
 non-identifier character.
 
 Reported: next-identifier exact match (EM), the share of generated identifiers that are not
-members by jedi's full list (an empty identifier, e.g. `*p`, counts as invalid; so does a new
-attribute the draft binds, `self.new = ...`, which the monitor admits in `__init__`-like
-methods: they are counted apart too), whether the monitor's masks allow the tokens of the
+members by jedi's full list (an empty identifier, e.g. `*p`, counts as invalid).  A new
+attribute bound by assignment (`self.new = ...`) where the analysis says binding is legal
+(`__init__`-like methods; the monitor admits exactly that) is valid code, not a hallucinated
+member: it is counted apart (`new_attribute_*`), and `invalid_rate_*_strict` counts it as
+invalid too, whether the monitor's masks allow the tokens of the
 ground truth (heal + member + next character, as the tokenizer splits them), and the
 guide's time per generated token:
 `overhead_ms_per_token` = all time in `guide.allowed()` (analysis + masking + jedi waits) /
@@ -262,12 +264,25 @@ def main() -> int:
                     break
                 draft += eng.tok.pieces[t]
             members = set(s["members"])
+            may_bind = c1 is not None and bool(c1.followers)  # the analysis: `self.new = ...` is legal here
+
+            def binds_new(ident: str, follow: str) -> bool:
+                """A new attribute bound by assignment (`self.new = ...`, `self.new: T`) where
+                binding is legal: valid code, not a hallucinated member."""
+                f = follow.lstrip(" ")
+                return bool(ident) and may_bind and ident not in members and (
+                    (f[:1] == "=" and f[:2] != "==") or (f[:1] == ":" and f[:2] != ":="))
+
+            new_w = binds_new(out["with"][0], out["with"][3])
+            new_o = binds_new(out["without"][0], out["without"][3])
             row = {
                 "site": f"{s['rel']}:{src.count(chr(10), 0, s['dot']) + 1}", "kind": s["kind"], "member": s["member"],
                 "without": out["without"][0], "with": out["with"][0],
                 "follow_without": out["without"][3], "follow_with": out["with"][3],
                 "em_without": out["without"][0] == s["member"], "em_with": out["with"][0] == s["member"],
-                "invalid_without": out["without"][0] not in members, "invalid_with": out["with"][0] not in members,
+                "invalid_without": out["without"][0] not in members and not new_o,
+                "invalid_with": out["with"][0] not in members and not new_w,
+                "new_attribute_without": new_o, "new_attribute_with": new_w,
                 "tokens_with": out["with"][1], "tokens_without": out["without"][1],
                 "decode_ms_without": out["without"][2], "decode_ms_with": out["with"][2],
                 "guide_ms": g.time_s * 1000, "jedi_ms": g.query_s * 1000, "guide_calls": g.steps,
@@ -307,6 +322,10 @@ def main() -> int:
         "em_without": round(rate("em_without"), 4),
         "invalid_rate_with": round(rate("invalid_with"), 4),
         "invalid_rate_without": round(rate("invalid_without"), 4),
+        # strict: a new attribute bound by assignment counts as invalid too
+        "invalid_rate_with_strict": round(sum(r["invalid_with"] or r["new_attribute_with"] for r in rows) / max(1, n), 4),
+        "invalid_rate_without_strict": round(sum(r["invalid_without"] or r["new_attribute_without"] for r in rows)
+                                             / max(1, n), 4),
         "overhead_ms_per_token": round(guide_ms / max(1, tok_with), 3),
         "mask_ms_per_token": round((guide_ms - jedi_ms) / max(1, tok_with), 3),
         "jedi_wait_ms_per_site": round(jedi_ms / max(1, n), 2),
@@ -316,7 +335,8 @@ def main() -> int:
         "decode_ms_per_token_with": round(step_ms_with, 1),
         "tokens_with": tok_with,
         "gt_allowed_rate": round(rate("gt_allowed"), 4),
-        "invalid_new_attribute_with": 0,
+        "new_attribute_with": sum(r["new_attribute_with"] for r in rows),
+        "new_attribute_without": sum(r["new_attribute_without"] for r in rows),
         "constrained_rate": round(rate("constrained"), 4),
         "ctx_tokens": a.ctx,
         "files": len({r["site"].split(":")[0] for r in rows}),
@@ -350,10 +370,13 @@ def main() -> int:
     if bad:
         print("invalid with monitors: " + ", ".join(f"{r['site']} {r['member']!r}->{r['with'] + r['follow_with']!r}"
                                                    for r in bad[:8]))
-        new_attr = [r for r in bad if r["kind"] == "self" and r["follow_with"].lstrip(" ")[:1] in ("=", ",", ":")]
-        print(f"  of which {len(new_attr)} bind a new attribute (`self.new = ...` in an attribute-defining method:"
-              f" valid code the monitor admits by design)")
-        summary["invalid_new_attribute_with"] = len(new_attr)
+    new_attr = [r for r in rows if r["new_attribute_with"]]
+    print(f"new attributes bound by assignment where the analysis allows it (valid code, not counted as invalid;"
+          f" counted in *_strict): with {len(new_attr)}, without {summary['new_attribute_without']}"
+          + (": " + ", ".join(f"{r['site']} {r['member']!r}->{r['with'] + r['follow_with']!r}" for r in new_attr[:8])
+             if new_attr else ""))
+    print(f"invalid rate strict (new attributes counted): with {summary['invalid_rate_with_strict']:.3f},"
+          f" without {summary['invalid_rate_without_strict']:.3f}")
     if a.dump:
         with open(a.dump, "w") as f:
             json.dump(rows, f, indent=1)

@@ -119,6 +119,7 @@ class DecodeSpec:
     ngram: object | None = None  # completion.ngram.NGram for superposed scoring
     alpha: float = 0.25  # superposed: n-gram weight (paper 0.54; bench/drafts.py measured 0.25 better on code)
     reset_after: int = 0  # superposed: continue drafts exactly after this many steps (0 = never)
+    verify: bool = True  # superposed: exact log-probabilities of the alternatives, incoherent ones dropped
 
 
 def _mask_for(spec: DecodeSpec, draft: str) -> torch.Tensor | None:

@@ -57,6 +57,7 @@ MIX_TEMP = 1.0  # temperature of the draft weights gamma (softmax of scores)
 ANCHOR = 1.0  # > 0: draft 1 is the greedy anchor, mixed with this weight (see module doc)
 EXIT_SLACK = 0.3  # > 0: once the anchor / best draft is done at step s, the rest get s * slack more steps
 CTX = 5  # n-gram context tokens (n = 6)
+VERIFY_MIN_P = 0.05  # verification: an alternative with a later token below this exact probability is dropped
 
 
 class _D:
@@ -128,6 +129,7 @@ def superposed(cache: DocCache, n: int, logits: torch.Tensor, tok: Tokenizer, sp
         return out
 
     finished: list[_D] = []
+    zs: list[torch.Tensor] = []  # zs[s]: the exact distribution after anchor token s (ANCHOR = 1)
     alive = expand([_D(Draft(), 0.0, anchored)], logits, k, set())
     finished += [x for x in alive if x.d.done]
     alive = [x for x in alive if not x.d.done]
@@ -159,6 +161,8 @@ def superposed(cache: DocCache, n: int, logits: torch.Tensor, tok: Tokenizer, sp
         xin = (e * w.to(e.dtype)[:, None]).sum(0, keepdim=True)
         slot = n + step
         z = net.forward(xin, torch.tensor([slot]), cache.k, cache.v, slot)[0]
+        if ANCHOR == 1.0 and alive[0].anchor and len(zs) == step:
+            zs.append(z)
         step += 1
         st.steps += 1
         taken = {_text_key(x.d) for x in finished}
@@ -166,6 +170,14 @@ def superposed(cache: DocCache, n: int, logits: torch.Tensor, tok: Tokenizer, sp
         finished += [x for x in new if x.d.done]
         alive = [x for x in new if not x.d.done]
     finished.sort(key=lambda x: (not x.anchor, -x.score))
+    if spec.verify and len(finished) > 1 and not reset_after:
+        _check_cancel(spec)
+        head = [x for x in finished if x.anchor]
+        alts = _verify(cache, n, n + step, head[0].d if head else Draft(), [x for x in finished if not x.anchor],
+                       zs, logits, tok, spec, st)
+        finished = head + sorted(alts, key=lambda x: -x.d.logprob)
+        for x in finished:
+            x.score = x.d.logprob
     drafts = [x.d for x in finished]
     prev = math.inf
     for x in finished:  # logprob := score, non-increasing in the returned order
@@ -173,6 +185,67 @@ def superposed(cache: DocCache, n: int, logits: torch.Tensor, tok: Tokenizer, sp
         x.d.logprob = prev
     st.tokens += sum(len(d.tokens) for d in drafts)
     return drafts
+
+
+def _verify(cache: DocCache, n: int, nxt: int, anchor: Draft, alts: list[_D], zs: list[torch.Tensor],
+            first: torch.Tensor, tok: Tokenizer, spec: DecodeSpec, st: DecodeStats) -> list[_D]:
+    """The alternatives' exact log-probabilities, from one tree forward; drops the incoherent.
+
+    Under the anchor, every alternative takes its tokens from the distribution that follows
+    the *anchor's* text: after its first own token it may continue the anchor's line on a
+    different prefix (" _in_current_chunk is True:" after the anchor chose
+    "if len_words_in_current_chunk is True:").  The alternative's tokens after the point
+    where it left the anchor are fed as a token tree (row j of draft i sees the prompt, the
+    anchor slots they share and its own rows), which gives each token its own exact
+    probability.  A draft with a later token under VERIFY_MIN_P is dropped; the rest are
+    ranked by exact log-probability (guide masks applied, as when decoding).
+    """
+    net = cache.net
+    fed = len(zs)  # anchor tokens [0, fed) sit in slots [n, n + fed) as exact context
+    plans: list[tuple[_D, int, int]] = []  # (draft, shared prefix j, first row)
+    rows: list[int] = []
+    pos: list[int] = []
+    for x in alts:
+        t = x.d.tokens
+        j = 0
+        while j < min(len(t), len(anchor.tokens), fed) and t[j] == anchor.tokens[j]:
+            j += 1
+        plans.append((x, j, len(rows)))
+        rows += t[j:-1]
+        pos += [n + q for q in range(j, len(t) - 1)]
+    out = None
+    if rows:
+        R = len(rows)
+        ensure_capacity(cache, nxt + R + 1, keep=nxt)
+        mask = torch.zeros(R, nxt + R, dtype=torch.bool)
+        mask[:, :n] = True
+        for x, j, r0 in plans:
+            r1 = r0 + max(0, len(x.d.tokens) - 1 - j)
+            mask[r0:r1, n : n + j] = True
+            for r in range(r0, r1):
+                mask[r, nxt + r0 : nxt + r + 1] = True
+        out = net.forward(torch.tensor(rows), torch.tensor(pos), cache.k, cache.v, nxt, mask=mask,
+                          logits_rows=slice(None))
+        st.steps += 1
+    kept: list[_D] = []
+    for x, j, r0 in plans:
+        replay = Draft()
+        total, ok = 0.0, True
+        for q, t in enumerate(x.d.tokens):
+            if q <= j:
+                z = first if q == 0 else zs[q - 1]
+            else:
+                z = out[r0 + q - j - 1]
+            lp = float(torch.log_softmax(_apply(z, _mask_for(spec, replay.text)), -1)[t])
+            if q > j and lp < math.log(VERIFY_MIN_P):
+                ok = False
+                break
+            total += lp
+            _extend(replay, t, lp, tok, spec)
+        if ok:
+            x.d.logprob = total
+            kept.append(x)
+    return kept
 
 
 def ensure_capacity(cache: DocCache, need: int, keep: int) -> None:
