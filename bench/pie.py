@@ -169,12 +169,13 @@ def main() -> int:
     ap.add_argument("--extra-sizes", default="1024,4096", help="sizes for sync timing and fidelity only")
     ap.add_argument("--extra-files", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 leaves a core to other work)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     from draftline.completion import model as M
     from draftline.completion.decode import PieceIndex
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
     lm = M.load(None)
     net, tok = lm.net, lm.tokenizer
     pieces = PieceIndex(tok)

@@ -58,6 +58,7 @@ ANCHOR = 1.0  # > 0: draft 1 is the greedy anchor, mixed with this weight (see m
 EXIT_SLACK = 0.3  # > 0: once the anchor / best draft is done at step s, the rest get s * slack more steps
 CTX = 5  # n-gram context tokens (n = 6)
 VERIFY_MIN_P = 0.05  # verification: an alternative with a later token below this exact probability is dropped
+VERIFY_TOKENS = 4  # verification: tokens checked after the one where an alternative leaves the anchor
 
 
 class _D:
@@ -194,15 +195,19 @@ def _verify(cache: DocCache, n: int, nxt: int, anchor: Draft, alts: list[_D], zs
     Under the anchor, every alternative takes its tokens from the distribution that follows
     the *anchor's* text: after its first own token it may continue the anchor's line on a
     different prefix (" _in_current_chunk is True:" after the anchor chose
-    "if len_words_in_current_chunk is True:").  The alternative's tokens after the point
-    where it left the anchor are fed as a token tree (row j of draft i sees the prompt, the
-    anchor slots they share and its own rows), which gives each token its own exact
-    probability.  A draft with a later token under VERIFY_MIN_P is dropped; the rest are
-    ranked by exact log-probability (guide masks applied, as when decoding).
+    "if len_words_in_current_chunk is True:").  The VERIFY_TOKENS tokens after the one
+    where it left the anchor (that one was scored on its true context already) are fed as a
+    token tree (row j of draft i sees the prompt, the anchor slots they share and its own
+    rows): one forward of at most (k-1) x VERIFY_TOKENS rows gives each its exact
+    probability.  The join is where incoherence shows, hence the short window: checking
+    whole drafts cost ~0.25x greedy (the rows of a forward are not free on this CPU).  A
+    draft with a checked token under VERIFY_MIN_P is dropped; the rest are ranked by the
+    mean exact log-probability of their checked tokens (guide masks applied, as when
+    decoding).
     """
     net = cache.net
     fed = len(zs)  # anchor tokens [0, fed) sit in slots [n, n + fed) as exact context
-    plans: list[tuple[_D, int, int]] = []  # (draft, shared prefix j, first row)
+    plans: list[tuple[_D, int, int, int]] = []  # (draft, shared prefix j, first row, last checked token)
     rows: list[int] = []
     pos: list[int] = []
     for x in alts:
@@ -210,17 +215,18 @@ def _verify(cache: DocCache, n: int, nxt: int, anchor: Draft, alts: list[_D], zs
         j = 0
         while j < min(len(t), len(anchor.tokens), fed) and t[j] == anchor.tokens[j]:
             j += 1
-        plans.append((x, j, len(rows)))
-        rows += t[j:-1]
-        pos += [n + q for q in range(j, len(t) - 1)]
+        end = min(len(t) - 1, j + VERIFY_TOKENS)  # rows j..end-1 give tokens j+1..end
+        plans.append((x, j, len(rows), end))
+        rows += t[j:end]
+        pos += [n + q for q in range(j, end)]
     out = None
     if rows:
         R = len(rows)
         ensure_capacity(cache, nxt + R + 1, keep=nxt)
         mask = torch.zeros(R, nxt + R, dtype=torch.bool)
         mask[:, :n] = True
-        for x, j, r0 in plans:
-            r1 = r0 + max(0, len(x.d.tokens) - 1 - j)
+        for x, j, r0, end in plans:
+            r1 = r0 + max(0, end - j)
             mask[r0:r1, n : n + j] = True
             for r in range(r0, r1):
                 mask[r, nxt + r0 : nxt + r + 1] = True
@@ -228,10 +234,10 @@ def _verify(cache: DocCache, n: int, nxt: int, anchor: Draft, alts: list[_D], zs
                           logits_rows=slice(None))
         st.steps += 1
     kept: list[_D] = []
-    for x, j, r0 in plans:
+    for x, j, r0, end in plans:
         replay = Draft()
         total, ok = 0.0, True
-        for q, t in enumerate(x.d.tokens):
+        for q, t in enumerate(x.d.tokens[: end + 1]):
             if q <= j:
                 z = first if q == 0 else zs[q - 1]
             else:
@@ -242,8 +248,8 @@ def _verify(cache: DocCache, n: int, nxt: int, anchor: Draft, alts: list[_D], zs
                 break
             total += lp
             _extend(replay, t, lp, tok, spec)
-        if ok:
-            x.d.logprob = total
+        if ok:  # ranked by the exact log-probability of the checked tokens, per token
+            x.d.logprob = total / max(1, min(len(x.d.tokens), end + 1))
             kept.append(x)
     return kept
 
