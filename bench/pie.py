@@ -188,6 +188,8 @@ def main() -> int:
         for f in STDLIB_FILES:
             if used >= nfiles:
                 break
+            if not (stdlib() / f).exists():  # the list spans Python versions
+                continue
             lines = lines_upto_tokens((stdlib() / f).read_text(encoding="utf-8"), size, tok)
             if not lines:
                 continue

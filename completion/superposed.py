@@ -58,7 +58,7 @@ ANCHOR = 1.0  # > 0: draft 1 is the greedy anchor, mixed with this weight (see m
 EXIT_SLACK = 0.3  # > 0: once the anchor / best draft is done at step s, the rest get s * slack more steps
 CTX = 5  # n-gram context tokens (n = 6)
 VERIFY_MIN_P = 0.05  # verification: an alternative with a later token below this exact probability is dropped
-VERIFY_TOKENS = 4  # verification: tokens checked after the one where an alternative leaves the anchor
+VERIFY_TOKENS = 2  # verification: tokens checked after the one where an alternative leaves the anchor
 
 
 class _D:
@@ -200,7 +200,7 @@ def _verify(cache: DocCache, n: int, nxt: int, anchor: Draft, alts: list[_D], zs
     token tree (row j of draft i sees the prompt, the anchor slots they share and its own
     rows): one forward of at most (k-1) x VERIFY_TOKENS rows gives each its exact
     probability.  The join is where incoherence shows, hence the short window: checking
-    whole drafts cost ~0.25x greedy (the rows of a forward are not free on this CPU).  A
+    whole drafts cost ~0.25x greedy, 4 tokens 0.18x, 2 tokens 0.13x (bench/drafts.py, 60 tasks).  A
     draft with a checked token under VERIFY_MIN_P is dropped; the rest are ranked by the
     mean exact log-probability of their checked tokens (guide masks applied, as when
     decoding).
@@ -215,7 +215,7 @@ def _verify(cache: DocCache, n: int, nxt: int, anchor: Draft, alts: list[_D], zs
         j = 0
         while j < min(len(t), len(anchor.tokens), fed) and t[j] == anchor.tokens[j]:
             j += 1
-        end = min(len(t) - 1, j + VERIFY_TOKENS)  # rows j..end-1 give tokens j+1..end
+        end = min(len(t) - 1, j + int(VERIFY_TOKENS))  # rows j..end-1 give tokens j+1..end
         plans.append((x, j, len(rows), end))
         rows += t[j:end]
         pos += [n + q for q in range(j, end)]
@@ -234,6 +234,7 @@ def _verify(cache: DocCache, n: int, nxt: int, anchor: Draft, alts: list[_D], zs
                           logits_rows=slice(None))
         st.steps += 1
     kept: list[_D] = []
+    min_lp = math.log(VERIFY_MIN_P) if VERIFY_MIN_P > 0 else -math.inf
     for x, j, r0, end in plans:
         replay = Draft()
         total, ok = 0.0, True
@@ -243,7 +244,7 @@ def _verify(cache: DocCache, n: int, nxt: int, anchor: Draft, alts: list[_D], zs
             else:
                 z = out[r0 + q - j - 1]
             lp = float(torch.log_softmax(_apply(z, _mask_for(spec, replay.text)), -1)[t])
-            if q > j and lp < math.log(VERIFY_MIN_P):
+            if q > j and lp < min_lp:
                 ok = False
                 break
             total += lp

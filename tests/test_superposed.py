@@ -79,7 +79,8 @@ def test_superposed_drafts_distinct_one_row_per_step(tiny, with_ngram):
 
     net.forward = spy
     try:
-        drafts, st = _run_superposed(net, tok, prompt, DecodeSpec(k=3, max_tokens=8, method="superposed", ngram=ng))
+        drafts, st = _run_superposed(net, tok, prompt, DecodeSpec(k=3, max_tokens=8, method="superposed", ngram=ng,
+                                                                  verify=False))
     finally:
         del net.forward
     texts = [d.text for d in drafts]
@@ -95,13 +96,55 @@ def test_anchor_is_the_greedy_draft_and_early_exit_bounds_the_pass(tiny):
     prompt = tok.encode(text)
     ng = NGram(tok)
     ng.set_text("doc", text)
-    spec = DecodeSpec(k=3, max_tokens=16, method="superposed", ngram=ng)
+    spec = DecodeSpec(k=3, max_tokens=16, method="superposed", ngram=ng, verify=False)
     drafts, st = decode(_ready(net, prompt), prompt, tok, spec)
     greedy, gst = decode(_ready(net, prompt), prompt, tok, DecodeSpec(k=1, max_tokens=16, method="greedy"))
     assert drafts[0].tokens == greedy[0].tokens  # draft 1 is bitwise greedy (ANCHOR = 1)
     assert [d.logprob for d in drafts] == sorted((d.logprob for d in drafts), reverse=True)
     L = len(greedy[0].tokens) - 1  # greedy's passes after the first distribution
     assert st.steps <= L + max(2, -(-L * 3 // 10)) + 1
+
+
+def test_verification_gives_exact_logprobs_and_drops_improbable_alternatives(tiny, monkeypatch):
+    import draftline.completion.superposed as SP
+
+    net, tok = tiny.net, tiny.tokenizer
+    text = "def area(w, h):\n    return w * h\n\ndef volume(w, h, d):\n    return"
+    prompt = tok.encode(text)
+    spec = DecodeSpec(k=3, max_tokens=10, method="superposed")
+    monkeypatch.setattr(SP, "VERIFY_MIN_P", 0.0)  # keep every alternative: check the numbers
+    rows = []
+    real = net.forward
+
+    def spy(x, *a, **kw):
+        rows.append(tuple(x.shape))
+        return real(x, *a, **kw)
+
+    net.forward = spy
+    try:
+        drafts, st = _run_superposed(net, tok, prompt, spec)
+    finally:
+        del net.forward
+    assert len(drafts) == 3
+    ref = _greedy_ref(net, prompt, len(drafts[0].tokens))
+    assert drafts[0].tokens == ref  # the anchor is untouched
+    verify_rows = [r for r in rows[1:] if len(r) == 1 and r[0] > 1]  # the one token-tree forward (rows[0]: prompt)
+    assert len(verify_rows) == 1 and verify_rows[0][0] <= 2 * SP.VERIFY_TOKENS
+    means = []  # alternatives rank by the exact mean log-probability of their checked tokens
+    for d in drafts[1:]:
+        j = 0
+        while j < min(len(d.tokens), len(drafts[0].tokens)) and d.tokens[j] == drafts[0].tokens[j]:
+            j += 1
+        m = min(len(d.tokens), j + SP.VERIFY_TOKENS + 1)
+        means.append(_exact_logprob(net, prompt, d.tokens[:m]) / m)
+    assert means == sorted(means, reverse=True)
+    assert [d.logprob for d in drafts] == sorted((d.logprob for d in drafts), reverse=True)
+    # an alternative with a checked token under the bound is dropped; the anchor stays
+    monkeypatch.setattr(SP, "VERIFY_MIN_P", 1.0)
+    drafts2, _ = _run_superposed(net, tok, prompt, spec)
+    assert [d.tokens for d in drafts2] == [drafts[0].tokens] or all(
+        len(d.tokens) <= 1 + next((j for j, (a, b) in enumerate(zip(d.tokens, drafts[0].tokens)) if a != b), 0)
+        for d in drafts2[1:])
 
 
 def test_superposed_respects_healing_and_stop(tiny):
@@ -234,7 +277,9 @@ def test_superposed_real_model_with_workspace_ngram(default_model):
     try:
         c = _ready(net, pr.tokens)
         sp, st = decode(c, pr.tokens, tok, DecodeSpec(k=3, max_tokens=16, method="superposed", ngram=ng,
-                                                       heal=heal, stop=stop))
+                                                       heal=heal, stop=stop, verify=False))
+        vsp, vst = decode(c, pr.tokens, tok, DecodeSpec(k=3, max_tokens=16, method="superposed", ngram=ng,
+                                                         heal=heal, stop=stop))
         gr, gst = decode(c, pr.tokens, tok, DecodeSpec(k=1, max_tokens=16, method="greedy", heal=heal, stop=stop))
     finally:
         torch.set_num_threads(threads)
@@ -243,3 +288,8 @@ def test_superposed_real_model_with_workspace_ngram(default_model):
     assert all(x.startswith(pr.heal) and "\n" not in x[len(pr.heal):] for x in lines)
     assert lines[0] == gr[0].final_text(tok)  # the anchor
     assert st.steps <= gst.steps + max(2, -(-gst.steps * 3 // 10)) + 1  # about one greedy pass
+    # verified (the default): the anchor stays, the alternatives kept are a subset, ranked by
+    # their exact log-probability, and verification is one more forward
+    assert vsp[0].final_text(tok) == lines[0]
+    assert {d.final_text(tok) for d in vsp} <= set(lines)
+    assert vst.steps <= st.steps + 1
