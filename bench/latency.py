@@ -58,9 +58,9 @@ def cursor_line(text: str) -> tuple[int, int] | None:
     return None
 
 
-def run_mode(pie: bool, cases: list[tuple[str, int, str]], edits: int, k: int) -> dict:
+def run_mode(pie: bool, cases: list[tuple[str, int, str]], edits: int, k: int, monitors: bool = True) -> dict:
     srv = LspProcess(init_options={"pie": pie, "drafts": k, "maxTokens": 32, "debounceMs": 50,
-                                   "idleRefreshMs": 600000})
+                                   "idleRefreshMs": 600000, "monitors": {"enabled": monitors}})
     out: dict[int, list[float]] = {}
     cold: dict[int, list[float]] = {}
     nonempty = 0
@@ -96,6 +96,8 @@ def main() -> int:
     ap.add_argument("--files", type=int, default=3)
     ap.add_argument("--edits", type=int, default=3)
     ap.add_argument("-k", type=int, default=3)
+    ap.add_argument("--no-monitors", action="store_true", help="monitors off (to attribute their cost)")
+    ap.add_argument("--no-naive", action="store_true", help="skip the naive re-encode path (quick runs)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     from draftline.completion import model as M
@@ -113,8 +115,8 @@ def main() -> int:
             if text and cursor_line(text):
                 cases.append((f.replace("/", "_"), size, text))
                 got += 1
-    pie = run_mode(True, cases, a.edits, a.k)
-    naive = run_mode(False, cases, a.edits, a.k)
+    pie = run_mode(True, cases, a.edits, a.k, not a.no_monitors)
+    naive = pie if a.no_naive else run_mode(False, cases, a.edits, a.k, not a.no_monitors)
     print(f"edit -> {a.k} drafts over LSP stdio, median ms ({a.files} files x {a.edits} edits per size)")
     print(f"{'tokens':>8} {'draftline':>10} {'naive':>10} {'speedup':>8} {'cold open':>10}")
     for s in sizes:

@@ -30,6 +30,10 @@ from .transformer import Transformer
 log = logging.getLogger(__name__)
 
 CHUNK = 256  # prefill chunk: bounds the latency of one uninterruptible forward
+# background refresh chunk: a completion request that interrupts a refresh waits for the
+# chunk in flight; 64 tokens at 2k context take ~130 ms here (256 took ~550 ms, measured
+# as queueing delay in bench/latency.py), for a few percent of refresh throughput
+REFRESH_CHUNK = 64
 
 
 class Cancelled(Exception):
@@ -208,13 +212,13 @@ class DocCache:
 
     # -- model work ----------------------------------------------------------------------
     def encode(self, tokens: list[int], a: int, b: int, cancel: threading.Event | None = None,
-               on_chunk=None) -> None:
+               on_chunk=None, chunk: int = CHUNK) -> None:
         """Run tokens[a:b] at slots/positions [a, b), attending to slots [0, b), in chunks."""
         i = a
         while i < b:
             if cancel is not None and cancel.is_set():
                 raise Cancelled()
-            j = min(b, i + CHUNK)
+            j = min(b, i + chunk)
             ids = torch.tensor(tokens[i:j], dtype=torch.long)
             pos = torch.arange(i, j)
             self.net.forward(ids, pos, self.k, self.v, i, logits_rows=None)
@@ -334,7 +338,7 @@ class DocCache:
             def done(i: int) -> None:
                 self.exact = i
 
-            self.encode(toks, a, b, cancel, on_chunk=done)
+            self.encode(toks, a, b, cancel, on_chunk=done, chunk=REFRESH_CHUNK)
             return b - a
 
 

@@ -30,6 +30,9 @@ class Document:
     language_id: str = ""
     # (start, old_end, new_end) of the last edit, in str offsets: the likely cursor
     last_edit: tuple[int, int, int] | None = None
+    # cursor of the last completion request, moved along by later edits: where the editor's
+    # next request is likely to be when the edit was elsewhere (an import added at the top)
+    request_cursor: int | None = None
     edits: int = 0
     binary: bool = field(default=False)
 
@@ -93,12 +96,14 @@ class Documents:
         d = self.get(uri)
         text = d.text
         last = d.last_edit
+        req = d.request_cursor
         for ch in changes:
             rng = getattr(ch, "range", None)
             new = ch.text
             if rng is None:
                 text = new
                 last = (0, len(text), len(text))
+                req = None
                 continue
             try:
                 idx = LineIndex(text)
@@ -110,9 +115,12 @@ class Documents:
                 raise DocumentError(f"{uri}: range end before start")
             text = text[:a] + new + text[b:]
             last = (a, b, a + len(new))
+            if req is not None:
+                req = req + len(new) - (b - a) if req >= b else (a + len(new) if req > a else req)
         d.text = text
         d.version = version
         d.last_edit = last
+        d.request_cursor = req
         d.edits += 1
         d.binary = looks_binary(text)
         return d

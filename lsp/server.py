@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 import uuid
 from dataclasses import asdict
 from typing import Any
@@ -208,6 +209,11 @@ class DraftlineServer(LanguageServer):
             return
         text = doc.text
         cursor = doc.last_edit[2] if doc.last_edit else len(text)
+        if doc.request_cursor is not None and doc.request_cursor > cursor:
+            # the edit was above the last request's cursor: a prompt for that cursor covers
+            # the edit too and keeps the cache past it (syncing for the edit's position would
+            # drop everything after it, to be re-encoded by the next request)
+            cursor = doc.request_cursor
         job = self.scheduler.submit(uri, "prepare", lambda c: eng.prepare(uri, text, cursor, c),
                                     supersede=("prepare", "refresh"))
         job.future.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -262,6 +268,7 @@ class DraftlineServer(LanguageServer):
             raise JsonRpcInvalidParams(f"position {position.line}:{position.character}: {e}") from e
         if doc.binary or len(text) > MAX_DOCUMENT_CHARS:
             return None
+        doc.request_cursor = cursor
         eng = await self.ensure_engine()
         pre = self.prefetched.pop(uri, None)
         if pre is not None and pre[0] == version and pre[1] == cursor and not pre[2].cancelled():
@@ -271,12 +278,16 @@ class DraftlineServer(LanguageServer):
                 return text, cursor, res
             except Exception:
                 pass  # fall through to a fresh request
+        t_submit = time.perf_counter()
         job = self.scheduler.submit(
             uri, "complete",
             lambda c: eng.complete(uri, text, cursor, k=k, cancel=c, trim=make_trim(doc.language_id)),
             supersede=("complete", "prepare", "refresh"))
         try:
             res = await job.future
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("completion %s v%d: %.0f ms after submit; engine %s %s", uri, version,
+                          (time.perf_counter() - t_submit) * 1000, getattr(res, "timings", None), getattr(res, "tokens", None))
         except asyncio.CancelledError:
             job.cancel.set()
             self.counters["cancelled"] += 1

@@ -142,3 +142,28 @@ def test_negotiated_encoding_end_to_end(enc):
         else:
             assert r["error"]["code"] == -32602
         assert s.shutdown_and_exit() == 0
+
+
+def test_request_cursor_follows_edits():
+    """The last request's cursor moves with edits above it, and into the end of an edit that
+    covers it; the prepare after an edit elsewhere syncs the cache for it."""
+    from types import SimpleNamespace as NS
+
+    def change(a, b, text):
+        rng = NS(start=NS(line=0, character=a), end=NS(line=0, character=b))
+        return NS(range=rng, text=text)
+
+    docs = Documents()
+    d = docs.open("file:///x.py", "abcdefghij", 1)
+    assert d.request_cursor is None
+    d.request_cursor = 8
+    docs.change("file:///x.py", 2, [change(2, 2, "XYZ")])  # insertion above: shifted
+    assert d.request_cursor == 11 and d.text == "abXYZcdefghij"
+    docs.change("file:///x.py", 3, [change(0, 1, "")])  # deletion above
+    assert d.request_cursor == 10
+    docs.change("file:///x.py", 4, [change(11, 12, "!!")])  # below: unchanged
+    assert d.request_cursor == 10
+    docs.change("file:///x.py", 5, [change(8, 12, "-")])  # covering it: the end of the edit
+    assert d.request_cursor == 9
+    docs.change("file:///x.py", 6, [NS(text="new text")])  # full replacement: unknown
+    assert d.request_cursor is None
