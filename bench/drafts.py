@@ -38,7 +38,7 @@ PACKAGES = ["asyncio", "email", "json", "logging", "unittest", "concurrent/futur
 BUDGET = 640  # prompt tokens (the window moves in steps of 128: prompts of 513-640 tokens)
 MIN_PREFIX = 520
 MAX_TOKENS = 32
-DEFAULT_ALPHA = 0.25  # = DecodeSpec.alpha
+DEFAULT_ALPHA = 0.0  # = EngineConfig.ngram_weight (the server default); `superposed~0.25` weighs the n-gram in
 
 
 def stdlib() -> Path:
@@ -133,7 +133,7 @@ def main() -> None:
     ap.add_argument("--ks", default="1,3,5", help="k values (1 = greedy only)")
     ap.add_argument("--k5-methods", default="superposed,batched",
                     help="methods also run at k=5 (sequential at k=5 costs 5 greedy passes)")
-    ap.add_argument("--methods", default="superposed,superposed-mix,superposed-no-ngram,superposed+reset,batched,"
+    ap.add_argument("--methods", default="superposed,superposed~0.25,superposed-noverify,superposed-mix,superposed+reset,batched,"
                                          "beam,sequential")
     ap.add_argument("--reset-after", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)

@@ -40,7 +40,8 @@ class Settings:
     idle_refresh_ms: int = 1500  # idle time before the stale cache is re-encoded exactly
     stale_limit: int = 512
     cache_budget_mb: int = 4096
-    method: str = "superposed"  # bench/drafts.py: k=3 at ~1.16x greedy
+    method: str = "superposed"  # bench/drafts.py: k=3 at ~1.15-1.2x greedy
+    ngram_weight: float = 0.0  # superposed scoring: weight of the workspace n-gram (0 = model only)
     pie: bool = True
     monitors: MonitorSettings = field(default_factory=MonitorSettings)
     log_level: str = "INFO"
@@ -71,6 +72,10 @@ class Settings:
             try:
                 if isinstance(cur, bool) or names[name].type == "bool":
                     value = bool(value)
+                elif isinstance(cur, float):
+                    value = float(value)
+                    if not 0.0 <= value <= 1.0:
+                        raise ValueError("expected 0..1")
                 elif isinstance(cur, int):
                     value = int(value)
                     if value < 0:

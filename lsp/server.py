@@ -307,7 +307,7 @@ def engine_config(s: Settings):
     from draftline.completion.engine import EngineConfig
 
     return EngineConfig(k=s.drafts, max_tokens=s.max_tokens, context_tokens=s.context_tokens,
-                        method=s.method, pie=s.pie, cache_budget_mb=s.cache_budget_mb,
+                        method=s.method, pie=s.pie, cache_budget_mb=s.cache_budget_mb, ngram_weight=s.ngram_weight,
                         stale_limit=s.stale_limit, monitors=s.monitors.enabled)
 
 

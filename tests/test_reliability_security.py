@@ -127,3 +127,12 @@ def test_source_never_enables_remote_code_or_pickle_loading():
                 if bad.search(line) and not line.lstrip().startswith("#"):
                     hits.append(f"{p.relative_to(ROOT)}:{i}: {line.strip()}")
     assert hits == []
+
+
+def test_float_setting_parsed_and_bounded():
+    from draftline.lsp.config import Settings
+
+    s = Settings()
+    assert s.update({"ngramWeight": 0.25}, trusted=False) == [] and s.ngram_weight == 0.25
+    assert s.update({"ngramWeight": 3}, trusted=False) == ["ngramWeight"] and s.ngram_weight == 0.25
+    assert s.update({"ngramWeight": "x"}, trusted=False) == ["ngramWeight"]
