@@ -31,9 +31,10 @@ log = logging.getLogger(__name__)
 
 CHUNK = 256  # prefill chunk: bounds the latency of one uninterruptible forward
 # background refresh chunk: a completion request that interrupts a refresh waits for the
-# chunk in flight; 64 tokens at 2k context take ~130 ms here (256 took ~550 ms, measured
-# as queueing delay in bench/latency.py), for a few percent of refresh throughput
-REFRESH_CHUNK = 64
+# chunk in flight; 32 tokens at 2k context stay on the int8 GEMV path (~100 ms here; 64 took
+# ~250 ms and 256 ~550 ms, measured as queueing delay in bench/latency.py), for a few
+# percent of refresh throughput
+REFRESH_CHUNK = 32
 
 
 class Cancelled(Exception):

@@ -111,6 +111,8 @@ class Scheduler:
         with self.lock:
             self.pending.append(job)
             cur = self.current
+        if kind == "complete" and cur is not None:
+            log.debug("complete for %s submitted while %s for %s runs", doc, cur.kind, cur.doc)
         if kind == "complete" and cur is not None and cur.kind in BACKGROUND and not cur.cancel.is_set():
             cur.cancel.set()  # a request is waiting: background cache work yields (one chunk)
             self.preempted += 1

@@ -40,6 +40,8 @@ class ContentModified(JsonRpcException):
     MESSAGE = "Content modified"
 
 
+STALE_REFRESH_DELAY_S = 0.25  # quiet time before a refresh forced by staleness starts
+
 class DraftlineServer(LanguageServer):
     def __init__(self, settings: Settings | None = None, test_mode: bool = False):
         super().__init__("draftline", VERSION, protocol_cls=DraftlineProtocol,
@@ -240,8 +242,14 @@ class DraftlineServer(LanguageServer):
         eng = self.engine
         if eng is None or uri not in self.docs:
             return
-        delay = 0.0 if eng.needs_refresh(uri) else self.settings.idle_refresh_ms / 1000
+        # past the staleness bound: soon, but not the instant a completion was answered, when
+        # the next keystroke is most likely (the request that interrupts a refresh waits for
+        # the chunk in flight); otherwise when the editor has been idle for idle_refresh_ms
+        delay = STALE_REFRESH_DELAY_S if eng.needs_refresh(uri) else self.settings.idle_refresh_ms / 1000
         loop = asyncio.get_running_loop()
+        old = self._idle.pop(uri, None)
+        if old is not None:
+            old.cancel()
         self._idle[uri] = loop.call_later(delay, self._refresh_now, uri)
 
     def _refresh_now(self, uri: str) -> None:
@@ -279,15 +287,19 @@ class DraftlineServer(LanguageServer):
             except Exception:
                 pass  # fall through to a fresh request
         t_submit = time.perf_counter()
-        job = self.scheduler.submit(
-            uri, "complete",
-            lambda c: eng.complete(uri, text, cursor, k=k, cancel=c, trim=make_trim(doc.language_id)),
-            supersede=("complete", "prepare", "refresh"))
+        started: list[float] = []
+
+        def run(c: threading.Event):
+            started.append(time.perf_counter())
+            return eng.complete(uri, text, cursor, k=k, cancel=c, trim=make_trim(doc.language_id))
+
+        job = self.scheduler.submit(uri, "complete", run, supersede=("complete", "prepare", "refresh"))
         try:
             res = await job.future
             if log.isEnabledFor(logging.DEBUG):
-                log.debug("completion %s v%d: %.0f ms after submit; engine %s %s", uri, version,
-                          (time.perf_counter() - t_submit) * 1000, getattr(res, "timings", None), getattr(res, "tokens", None))
+                log.debug("completion %s v%d: %.0f ms after submit (queued %.0f ms); engine %s %s", uri, version,
+                          (time.perf_counter() - t_submit) * 1000, ((started or [t_submit])[0] - t_submit) * 1000,
+                          getattr(res, "timings", None), getattr(res, "tokens", None))
         except asyncio.CancelledError:
             job.cancel.set()
             self.counters["cancelled"] += 1
