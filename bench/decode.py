@@ -137,7 +137,7 @@ def main() -> int:
         same = [decode_logits(variants[name], code, 256).argmax(-1) == ref for code, ref in zip(codes, refs)]
         rows[name]["top1_agree"] = float(torch.cat(same).float().mean())
     rows["fp32"]["top1_agree"] = 1.0
-    default = {"int8": "int8", "bfloat16": "bf16"}.get(M.load(None).net.quantized or "", "fp32")  # quantize="auto"
+    default = {"int8": "int8", "bf16": "bf16"}.get(M.effective_quantize("auto", base.net.dtype), "fp32")
     es = next_line_es(variants, tok, a.lines) if a.lines else {}
     for name, v in es.items():
         rows[name]["es"] = v

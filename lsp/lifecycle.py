@@ -443,17 +443,23 @@ def tune_malloc(threshold: int = 256 * 1024) -> bool:
         return False
 
 
+def _serve_then_exit(ls, rfile: BinaryIO, wfile: BinaryIO) -> int:
+    """Serve until exit/EOF, stop the worker, exit the process (the worker may be inside a
+    forward: it is not waited for)."""
+    try:
+        code = serve(ls, rfile, wfile)
+    finally:
+        if getattr(ls, "_scheduler", None) is not None:
+            ls._scheduler.stop()
+    _flush_and_exit(code)
+    return code
+
+
 def run_stdio(ls, proto_out: BinaryIO | None) -> int:
     if not os.environ.get("DRAFTLINE_NO_MALLOC_TUNE"):
         tune_malloc()
     watch_parent(ls)
-    try:
-        code = serve(ls, sys.stdin.buffer, proto_out or sys.stdout.buffer)
-    finally:
-        if getattr(ls, "_scheduler", None) is not None:
-            ls._scheduler.stop()
-    _flush_and_exit(code)  # the worker may be inside a forward; do not wait for it
-    return code
+    return _serve_then_exit(ls, sys.stdin.buffer, proto_out or sys.stdout.buffer)
 
 
 def run_tcp(ls, host: str, port: int) -> int:
@@ -469,11 +475,4 @@ def run_tcp(ls, host: str, port: int) -> int:
         conn, peer = srv.accept()
     log.info("client connected from %s:%s", *peer[:2])
     with conn:
-        rfile, wfile = conn.makefile("rb"), conn.makefile("wb")
-        try:
-            code = serve(ls, rfile, wfile)
-        finally:
-            if getattr(ls, "_scheduler", None) is not None:
-                ls._scheduler.stop()
-    _flush_and_exit(code)
-    return code
+        return _serve_then_exit(ls, conn.makefile("rb"), conn.makefile("wb"))

@@ -113,9 +113,9 @@ class Scheduler:
             cur = self.current
         if kind == "complete" and cur is not None:
             log.debug("complete for %s submitted while %s for %s runs", doc, cur.kind, cur.doc)
-        if kind == "complete" and cur is not None and cur.kind in BACKGROUND and not cur.cancel.is_set():
-            cur.cancel.set()  # a request is waiting: background cache work yields (one chunk)
-            self.preempted += 1
+            if cur.kind in BACKGROUND and not cur.cancel.is_set():
+                cur.cancel.set()  # a request is waiting: background cache work yields (one chunk)
+                self.preempted += 1
         self.q.put((PRIORITY.get(kind, 1), next(self._seq), job))
         if not self._thread.is_alive() and not self._death_pending:  # died silently
             self._fault("the inference worker thread is gone")

@@ -90,24 +90,27 @@ def tiny(tiny_dir):
 
 
 class ForwardCounter:
-    """Counts forward passes; sets the cancel flag while forward number `trigger` runs
-    (as another thread would, mid-step) and records how many had started by then."""
+    """Counts forward passes and records each one's input shape (`shapes`); with `trigger`,
+    sets the cancel flag while forward number `trigger` runs (as another thread would,
+    mid-step) and records how many had started by then."""
 
-    def __init__(self, net, trigger: int):
+    def __init__(self, net, trigger: int | None = None):
         self.net, self.trigger = net, trigger
         self.n = 0
+        self.shapes: list[tuple[int, ...]] = []
         self.at_set: int | None = None
         self.cancel = threading.Event()
         self.orig = net.forward
         self.had_attr = "forward" in vars(net)
 
     def __enter__(self):
-        def fwd(*a, **k):
+        def fwd(x, *a, **k):
             self.n += 1
+            self.shapes.append(tuple(x.shape))
             if self.n == self.trigger:
                 self.at_set = self.n
                 self.cancel.set()
-            return self.orig(*a, **k)
+            return self.orig(x, *a, **k)
 
         self.net.forward = fwd
         return self

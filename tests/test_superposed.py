@@ -70,19 +70,10 @@ def test_superposed_drafts_distinct_one_row_per_step(tiny, with_ngram):
     if with_ngram:
         ng = NGram(tok)
         ng.set_text("doc", text)
-    rows = []
-    real = net.forward
-
-    def spy(x, *a, **kw):
-        rows.append(tuple(x.shape))
-        return real(x, *a, **kw)
-
-    net.forward = spy
-    try:
+    with ForwardCounter(net) as fc:
         drafts, st = _run_superposed(net, tok, prompt, DecodeSpec(k=3, max_tokens=8, method="superposed", ngram=ng,
                                                                   verify=False))
-    finally:
-        del net.forward
+    rows = fc.shapes
     texts = [d.text for d in drafts]
     assert len(drafts) == 3 and len(set(texts)) == 3
     mixed = [r for r in rows if len(r) == 2]  # embedding inputs: the superposed steps
@@ -113,18 +104,9 @@ def test_verification_gives_exact_logprobs_and_drops_improbable_alternatives(tin
     prompt = tok.encode(text)
     spec = DecodeSpec(k=3, max_tokens=10, method="superposed")
     monkeypatch.setattr(SP, "VERIFY_MIN_P", 0.0)  # keep every alternative: check the numbers
-    rows = []
-    real = net.forward
-
-    def spy(x, *a, **kw):
-        rows.append(tuple(x.shape))
-        return real(x, *a, **kw)
-
-    net.forward = spy
-    try:
+    with ForwardCounter(net) as fc:
         drafts, st = _run_superposed(net, tok, prompt, spec)
-    finally:
-        del net.forward
+    rows = fc.shapes
     assert len(drafts) == 3
     ref = _greedy_ref(net, prompt, len(drafts[0].tokens))
     assert drafts[0].tokens == ref  # the anchor is untouched
