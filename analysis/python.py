@@ -821,6 +821,7 @@ class PythonAnalyzer:
         self._lock = threading.Lock()
         self._env = None
         self._project = None
+        self._type_members: dict[tuple, Completions | None] = {}  # see _members
 
     # --- plumbing ------------------------------------------------------------------------
     def _jedi_objects(self):
@@ -913,6 +914,26 @@ class PythonAnalyzer:
         code = before + after
         line, col = _line_col(code, len(before))
         script = self._script(code, path)
+        # Members of a library type (a stub or compiled value: `[]`, `"".`, `re.`, an
+        # attribute holding a list) are the same in every document: listing them is jedi's
+        # slow part (~200 ms for a list: it filters the whole builtins stub), so they are
+        # listed once per type.  Types from the user's code are always listed afresh.
+        tkey = _library_type_key(script, line, col)
+        if tkey is not None:
+            with self._lock:
+                hit = self._type_members.get(tkey, _MISSING)
+            if hit is not _MISSING:
+                return hit  # type: ignore[return-value]
+        got = self._list_members(script, line, col)
+        if tkey is not None:
+            with self._lock:
+                self._type_members[tkey] = got
+                if len(self._type_members) > self._cache_size:
+                    self._type_members.pop(next(iter(self._type_members)))
+        return got
+
+    @staticmethod
+    def _list_members(script, line: int, col: int) -> Completions | None:
         comps = script.complete(line, col)
         if not comps:
             return None
@@ -954,6 +975,49 @@ class PythonAnalyzer:
         return Completions(frozenset(names), frozenset(c.name for c in comps if c.type == "function"))
 
 
+_MISSING = object()
+
+
+def _receiver_values(script, line: int, col: int):
+    """jedi's values for the expression before the dot ending at (line, col), or None."""
+    from jedi.inference.helpers import infer_call_of_leaf
+
+    module_context = script._get_module_context()
+    leaf = module_context.tree_node.get_leaf_for_position((line, col), include_prefixes=True)
+    while leaf is not None and leaf.start_pos >= (line, col):
+        leaf = leaf.get_previous_leaf()
+    if leaf is None or leaf.value != "." or leaf.end_pos != (line, col):
+        return None
+    previous = leaf.get_previous_leaf()
+    context = module_context.create_context(previous)
+    return infer_call_of_leaf(context, previous)
+
+
+def _library_type_key(script, line: int, col: int) -> tuple | None:
+    """A key naming the receiver's type when every value jedi infers for it comes from a
+    stub or a compiled module (so its members do not depend on the document); else None.
+
+    Uses jedi internals like `_is_dynamic_receiver`; any failure means "no key" (the
+    members are then listed the slow way, never wrongly cached)."""
+    try:
+        values = _receiver_values(script, line, col)
+        if not values:
+            return None
+        parts = []
+        for v in values:
+            root = v.get_root_context()
+            if not (root.is_stub() or v.is_compiled()):
+                return None
+            node = getattr(v, "tree_node", None)
+            parts.append((str(root.py__file__()), root.py__name__(), v.name.string_name if v.name else "",
+                          v.is_instance(), v.is_class(), v.is_module(), v.is_function(),
+                          getattr(node, "start_pos", None)))
+        return tuple(sorted(parts, key=repr))
+    except Exception as e:  # noqa: BLE001
+        log.debug("library type key failed: %r", e)
+        return None
+
+
 def _is_dynamic_receiver(script, line: int, col: int) -> bool:
     """Whether the object before the dot at (line, col) can have attributes jedi cannot list:
     a class (or instance of one) with ``__getattr__`` or with a base class jedi cannot resolve.
@@ -962,17 +1026,7 @@ def _is_dynamic_receiver(script, line: int, col: int) -> bool:
     counts as dynamic, so a jedi upgrade can only weaken masking, never block valid code.
     """
     try:
-        from jedi.inference.helpers import infer_call_of_leaf
-
-        module_context = script._get_module_context()
-        leaf = module_context.tree_node.get_leaf_for_position((line, col), include_prefixes=True)
-        while leaf is not None and leaf.start_pos >= (line, col):
-            leaf = leaf.get_previous_leaf()
-        if leaf is None or leaf.value != "." or leaf.end_pos != (line, col):
-            return True
-        previous = leaf.get_previous_leaf()
-        context = module_context.create_context(previous)
-        values = infer_call_of_leaf(context, previous)
+        values = _receiver_values(script, line, col)
         if not values:
             return True
         for v in values:

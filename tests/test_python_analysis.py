@@ -194,6 +194,24 @@ def test_modules_and_from_import(analyzer):
     assert {"OrderedDict", "defaultdict"} <= analyzer.query("complete", "from collections import ", "").names
 
 
+def test_library_type_members_are_listed_once_user_types_every_time(analyzer, monkeypatch):
+    listed = []
+    orig = PythonAnalyzer._list_members
+    monkeypatch.setattr(PythonAnalyzer, "_list_members",
+                        staticmethod(lambda *a: listed.append(1) or orig(*a)))
+    first = members(analyzer, "items = [1]\nitems.")
+    assert {"append", "extend", "sort"} <= first and len(listed) == 1
+    # another document, another spelling of a list: the same type, no second listing
+    assert members(analyzer, "def f():\n    return [].", "\nx = 1\n") == first
+    assert len(listed) == 1
+    assert {"join", "split"} <= members(analyzer, "s = 'a'\ns.") and len(listed) == 2
+    # a class of the user's code is listed afresh for each document (its members change)
+    a = members(analyzer, "class Box:\n    def grow(self): pass\nBox().")
+    b = members(analyzer, "class Box:\n    def shrink(self): pass\nBox().")
+    assert "grow" in a and "shrink" not in a and "shrink" in b and "grow" not in b
+    assert len(listed) == 4
+
+
 def test_repeat_queries_hit_the_cache_in_microseconds(analyzer):
     code = "import os\nos.path."
     members(analyzer, code)
