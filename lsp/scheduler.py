@@ -214,6 +214,7 @@ class Scheduler:
                 else:
                     continue  # failed already (disabled)
                 self.current = job
+            t0 = time.monotonic()
             try:
                 if job.cancel.is_set():
                     raise Cancelled()
@@ -245,6 +246,10 @@ class Scheduler:
                     if self.current is job:
                         self.current = None
                 self.jobs_run += 1
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("%s job for %s: queued %.0f ms, ran %.0f ms%s", job.kind, job.doc,
+                              (t0 - job.created) * 1000, (time.monotonic() - t0) * 1000,
+                              " (cancelled)" if job.cancel.is_set() else "")
 
     def stop(self) -> None:
         self.stopped = True

@@ -90,6 +90,7 @@ class FakeEngine:
         self.ignore_cancel = o.get("ignore_cancel", "0") not in ("0", "")
         self.ndrafts = int(o["drafts"]) if "drafts" in o else None
         self.prepare_steps = int(o.get("prepare_steps", 0))
+        self.stale = o.get("stale", "0") not in ("0", "")  # needs_refresh() after every sync
         self.calls: deque[tuple[str, str]] = deque(maxlen=1000)  # (kind, doc) in the order run
         self.gate: threading.Semaphore | None = threading.Semaphore(0) if o.get("gated", "0") not in ("0", "") else None
         self.entered = threading.Event()  # set when a completion starts (gated tests wait on it)
@@ -108,6 +109,7 @@ class FakeEngine:
     # -- Engine API ------------------------------------------------------------------------
     def prepare(self, doc: str, text: str, cursor: int, cancel: threading.Event | None = None):
         self.lm.info["prepares"] += 1
+        self.lm.info["prepare_cursor"] = cursor
         self.calls.append(("prepare", doc))
         if self.prepare_steps:
             self.prepare_entered.set()
@@ -122,10 +124,11 @@ class FakeEngine:
         return None
 
     def refresh(self, doc: str, cancel: threading.Event | None = None) -> int:
+        self.calls.append(("refresh", doc))
         return 0
 
     def needs_refresh(self, doc: str) -> bool:
-        return False
+        return self.stale
 
     def release_memory(self) -> int:
         self.lm.info["released"] = self.lm.info.get("released", 0) + 1

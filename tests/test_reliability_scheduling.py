@@ -211,6 +211,44 @@ async def test_requests_go_before_background_cache_work_of_other_documents():
         await h.close()
 
 
+async def test_the_sync_after_opening_uses_the_cursor_of_the_request_that_came_first():
+    """didOpen arms a debounced sync; when a request came before it fires, the sync is for
+    that request's cursor (a no-op after the request), not for the end of the file."""
+    h = InProc(fake="steps:1,delay_ms:0")
+    try:
+        await h.initialize(init_options={"debounceMs": 50})
+        eng = await h.engine()
+        h.open(URI, TEXT_A)
+        assert items(await h.wait(h.inline(URI, 1, 12)))
+        for _ in range(500):  # until the debounced sync has run (it fires 50 ms after the open)
+            if eng.lm.info["prepares"]:
+                break
+            await asyncio.sleep(0.01)
+        assert eng.lm.info["prepare_cursor"] == len("def f(x):\n") + 12
+    finally:
+        await h.close()
+
+
+async def test_a_request_defers_the_refreshes_of_other_documents_to_idle_time():
+    h = InProc(fake="steps:1,delay_ms:0,stale:1")
+    try:
+        await h.initialize(init_options={"idleRefreshMs": 60_000})
+        await h.engine()
+        other = "file:///work/other.py"
+        h.open(URI, TEXT_A)
+        h.open(other, TEXT_A)
+        assert items(await h.wait(h.inline(other, 1, 12)))
+        loop = asyncio.get_running_loop()
+        # past the staleness bound: the other document's refresh is armed soon after its request
+        assert h.ls._idle[other].when() - loop.time() < 1
+        assert items(await h.wait(h.inline(URI, 1, 12)))
+        # the user moved to URI: the other document waits for idle time, URI is refreshed soon
+        assert h.ls._idle[other].when() - loop.time() > 30
+        assert h.ls._idle[URI].when() - loop.time() < 1
+    finally:
+        await h.close()
+
+
 # -- P7 ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["exc", "oom"])
 async def test_engine_exception_is_an_error_response_then_recovers(kind):
