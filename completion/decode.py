@@ -173,15 +173,18 @@ def _first_logits(cache: DocCache, prompt: list[int]) -> torch.Tensor:
     return cache.net.forward(torch.tensor([prompt[-1]]), torch.tensor([n - 1]), cache.k, cache.v, n - 1)[0]
 
 
-def decode(cache: DocCache, prompt: list[int], tok: Tokenizer, spec: DecodeSpec) -> tuple[list[Draft], DecodeStats]:
-    """Generate drafts after `prompt`; the cache must hold prompt[:-1] (see module doc)."""
+def decode(cache: DocCache, prompt: list[int], tok: Tokenizer, spec: DecodeSpec,
+           first_logits: torch.Tensor | None = None) -> tuple[list[Draft], DecodeStats]:
+    """Generate drafts after `prompt`; the cache must hold prompt[:-1] (see module doc).
+    `first_logits`: the logits after prompt[-1] when the sync already ran it (its K/V are
+    then in slot len(prompt) - 1)."""
     assert cache.tokens == prompt[:-1], "cache not synced to the prompt"
     t0 = time.perf_counter()
     st = DecodeStats()
     n = len(prompt)
     cache.reserve(n + spec.max_tokens * max(1, spec.k) + 1)
     with cache.lock:
-        logits = _first_logits(cache, prompt)
+        logits = first_logits if first_logits is not None else _first_logits(cache, prompt)
         st.first_ms = (time.perf_counter() - t0) * 1000
         method = spec.method if spec.k > 1 else "greedy"
         if method in ("greedy", "batched"):

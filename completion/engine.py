@@ -134,10 +134,13 @@ class Engine:
         pr = self.prompt_for(doc, text, cursor)
         return self._sync(doc, pr, cancel)
 
-    def _sync(self, doc: str, pr: Prompt, cancel: threading.Event | None) -> SyncStats:
+    def _sync(self, doc: str, pr: Prompt, cancel: threading.Event | None, with_tail: bool = False) -> SyncStats:
+        """Sync the cache to the prompt (all but its last token); `with_tail`: a request
+        follows, so the last token rides along in the sync's forward when it runs one."""
         cache = self.caches.get(doc)
         st = cache.sync(pr.tokens[:-1], mode="pie" if self.config.pie else "full", cancel=cancel,
-                        extra=self.config.max_tokens * self.config.k + 1)
+                        extra=self.config.max_tokens * self.config.k + 1,
+                        tail=pr.tokens[-1] if with_tail else None)
         self.caches.enforce(keep=doc)
         return st
 
@@ -165,7 +168,7 @@ class Engine:
         if guides is None and self.guide_factory is not None and cfg.monitors:
             guides = self.guide_factory(doc, pr)  # starts the cursor's jedi query: it runs during the sync
         t1 = time.perf_counter()
-        st = self._sync(doc, pr, cancel)
+        st = self._sync(doc, pr, cancel, with_tail=True)
         t2 = time.perf_counter()
         ng = self.ngram if cfg.ngram_weight > 0 else None
         if ng is not None:  # other documents' pending edits; this one's tokens as they are
@@ -182,7 +185,8 @@ class Engine:
             alpha=cfg.ngram_weight,
         )
         cache = self.caches.get(doc)
-        drafts, ds = decode(cache, pr.tokens, self.tok, spec)
+        drafts, ds = decode(cache, pr.tokens, self.tok, spec, first_logits=st.tail_logits)
+        st.tail_logits = None  # (SyncStats is kept in the Result: not the logits)
         outs = self._finish(pr, drafts, trim)
         t3 = time.perf_counter()
         return Result(

@@ -63,6 +63,9 @@ class SyncStats:
     dropped: int = 0
     ms: float = 0.0
     stale: int = 0  # tokens whose K/V were computed against text that has since changed
+    # logits after `tail` when sync() was given one and ran a forward to fill a gap: the
+    # tail rode along in the gap's last forward (one forward fewer for the request)
+    tail_logits: torch.Tensor | None = field(default=None, repr=False)
 
 
 def plan_blocks(old: list[int], new: list[int], min_run: int = 4, gram: int = 8) -> list[Block]:
@@ -213,53 +216,68 @@ class DocCache:
 
     # -- model work ----------------------------------------------------------------------
     def encode(self, tokens: list[int], a: int, b: int, cancel: threading.Event | None = None,
-               on_chunk=None, chunk: int = CHUNK) -> None:
-        """Run tokens[a:b] at slots/positions [a, b), attending to slots [0, b), in chunks."""
+               on_chunk=None, chunk: int = CHUNK, tail: tuple[int, int] | None = None) -> torch.Tensor | None:
+        """Run tokens[a:b] at slots/positions [a, b), attending to slots [0, b), in chunks.
+
+        `tail` = (token, slot), slot >= b: one more input run with the last chunk at that
+        slot/position (attending to every slot before it); returns its logits (else None)."""
         i = a
+        out = None
         while i < b:
             if cancel is not None and cancel.is_set():
                 raise Cancelled()
             j = min(b, i + chunk)
-            ids = torch.tensor(tokens[i:j], dtype=torch.long)
-            pos = torch.arange(i, j)
-            self.net.forward(ids, pos, self.k, self.v, i, logits_rows=None)
+            if tail is not None and j == b:
+                ids = torch.tensor(tokens[i:j] + [tail[0]], dtype=torch.long)
+                pos = torch.tensor(list(range(i, j)) + [tail[1]])
+                out = self.net.forward(ids, pos, self.k, self.v, i, slots=None if tail[1] == j else pos)[0]
+            else:
+                ids = torch.tensor(tokens[i:j], dtype=torch.long)
+                pos = torch.arange(i, j)
+                self.net.forward(ids, pos, self.k, self.v, i, logits_rows=None)
             i = j
             if on_chunk is not None:
                 on_chunk(i)
+        return out
 
     def sync(self, new: list[int], mode: str = "pie", cancel: threading.Event | None = None,
-             widen_by: int = 1, extra: int = 0) -> SyncStats:
+             widen_by: int = 1, extra: int = 0, tail: int | None = None) -> SyncStats:
         """Make the cache hold `new` (see module doc). mode: "pie", "conflict-fast", "full".
 
         On cancellation between chunks the cache stays consistent: it then holds a prefix of
         `new` (everything computed so far), never a mix of old and new slots.
+        `tail`: the token a decode will feed next (the prompt's last); when the sync runs a
+        forward anyway it also runs the tail at slot len(new) (scratch, as for a decode)
+        and returns its logits in `SyncStats.tail_logits`.
         """
         t0 = time.perf_counter()
         with self.lock:
             old = self.tokens
             if old == new:
                 return SyncStats("noop", kept=len(new), stale=self.stale)
-            self.reserve(len(new) + extra)
+            self.reserve(len(new) + extra + (tail is not None))
+            tl = (tail, len(new)) if tail is not None else None
             if mode == "full":
-                return self._recompute_from(0, new, t0, "full", cancel)
+                return self._recompute_from(0, new, t0, "full", cancel, tl)
             blocks = plan_blocks(old, new)
             if mode == "pie" and not self.net.rope.shiftable:
                 # length-dependent rope: only an untouched prefix is reusable exactly
                 p = blocks[0].size if blocks and blocks[0].old == 0 and blocks[0].new == 0 else 0
-                return self._recompute_from(p, new, t0, "exact-fallback", cancel)
+                return self._recompute_from(p, new, t0, "exact-fallback", cancel, tl)
             blocks = widen(blocks, widen_by, len(new))
-            return self._apply(old, new, blocks, rotate=(mode == "pie"), t0=t0, cancel=cancel, mode=mode)
+            return self._apply(old, new, blocks, rotate=(mode == "pie"), t0=t0, cancel=cancel, mode=mode, tail=tl)
 
     def _recompute_from(self, p: int, new: list[int], t0: float, mode: str,
-                        cancel: threading.Event | None) -> SyncStats:
+                        cancel: threading.Event | None, tail: tuple[int, int] | None = None) -> SyncStats:
         dropped = max(0, len(self.tokens) - p)
         self.tokens = new[:p]
         self.exact = min(self.exact, p)
-        self._encode_tracked(new, p, len(new), cancel)
+        logits = self._encode_tracked(new, p, len(new), cancel, tail)
         return SyncStats(mode, kept=p, computed=len(new) - p, dropped=dropped,
-                         ms=(time.perf_counter() - t0) * 1000, stale=self.stale)
+                         ms=(time.perf_counter() - t0) * 1000, stale=self.stale, tail_logits=logits)
 
-    def _encode_tracked(self, new: list[int], a: int, b: int, cancel) -> None:
+    def _encode_tracked(self, new: list[int], a: int, b: int, cancel,
+                        tail: tuple[int, int] | None = None) -> torch.Tensor | None:
         """Encode new[a:b] appending to self.tokens chunk by chunk (so a cancel leaves a
         consistent prefix). Only valid when self.tokens == new[:a]."""
         exact_before = self.exact == a
@@ -269,10 +287,11 @@ class DocCache:
             if exact_before:
                 self.exact = i
 
-        self.encode(new, a, b, cancel, on_chunk=done)
+        return self.encode(new, a, b, cancel, on_chunk=done, tail=tail)
 
     def _apply(self, old: list[int], new: list[int], blocks: list[Block], rotate: bool,
-               t0: float, cancel: threading.Event | None, mode: str) -> SyncStats:
+               t0: float, cancel: threading.Event | None, mode: str,
+               tail: tuple[int, int] | None = None) -> SyncStats:
         K, V = self.k, self.v
         rope = self.net.rope
         kept = moved = 0
@@ -307,10 +326,14 @@ class DocCache:
         def progress(i: int) -> None:
             ready["upto"] = i
 
+        logits = None
         try:
-            for a, b in gaps:
+            for gi, (a, b) in enumerate(gaps):
                 ready["upto"] = a
-                self.encode(new, a, b, cancel, on_chunk=progress)
+                out = self.encode(new, a, b, cancel, on_chunk=progress,
+                                  tail=tail if gi == len(gaps) - 1 else None)
+                if out is not None:
+                    logits = out
                 computed += b - a
                 if exact == a:
                     exact = b
@@ -323,7 +346,7 @@ class DocCache:
         self.exact = exact
         return SyncStats(mode, kept=kept, moved=moved, computed=computed,
                          dropped=len(old) - kept - moved, ms=(time.perf_counter() - t0) * 1000,
-                         stale=self.stale)
+                         stale=self.stale, tail_logits=logits)
 
     def refresh(self, cancel: threading.Event | None = None) -> int:
         """Re-encode the stale tail exactly, chunk by chunk; returns tokens recomputed.

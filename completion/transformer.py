@@ -277,18 +277,26 @@ class Transformer:
         start: int,
         mask: torch.Tensor | None = None,
         logits_rows: slice | torch.Tensor | None = slice(-1, None),
+        slots: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         """Run T inputs written at cache slots [start, start+T).
 
         x: token ids [T] (long) or embeddings [T, dim]. positions: [T] rotary positions.
         k_cache/v_cache: [n_layers, n_kv, capacity, head_dim]. Attention covers slots
         [0, start+T); `mask` [T, start+T] (True = attend) or None for causal.
+        `slots` (increasing, instead of `start`): scattered slots to write the T inputs at;
+        attention then covers [0, slots[-1]] and row r sees the slots up to slots[r] (the
+        tokens of an edit in mid-file and the prompt's last token in one forward).
         Returns logits (fp32) for `logits_rows` of the T outputs, or None if it is None.
         """
         cfg = self.cfg
         h = self.embed_tokens(x) if x.dtype == torch.long else x.to(self.dtype)
         T = h.shape[0]
-        S = start + T
+        if slots is not None:
+            S = int(slots[-1]) + 1
+            mask = torch.arange(S)[None, :] <= slots[:, None]
+        else:
+            S = start + T
         if mask is None and T > 1:
             mask = torch.ones(T, S, dtype=torch.bool).tril(diagonal=start)
         cos, sin = self.rope.cos_sin(positions)
@@ -302,8 +310,12 @@ class Transformer:
             qk = apply_rotary(qkv[:, : qd + kd].view(T, nh + nkv, hd).transpose(0, 1), cos, sin)
             q, k = qk[:nh], qk[nh:]
             v = qkv[:, qd + kd :].view(T, nkv, hd).transpose(0, 1)
-            k_cache[li, :, start:S] = k
-            v_cache[li, :, start:S] = v
+            if slots is None:
+                k_cache[li, :, start:S] = k
+                v_cache[li, :, start:S] = v
+            else:
+                k_cache[li].index_copy_(1, slots, k)
+                v_cache[li].index_copy_(1, slots, v)
             o = F.scaled_dot_product_attention(
                 q.unsqueeze(0),
                 k_cache[li, :, :S].unsqueeze(0),

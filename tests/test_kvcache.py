@@ -50,6 +50,29 @@ def test_conflict_fast_keeps_stale_rotation(tiny):
     assert not torch.allclose(c.k[0, :, 10:203], ref.k[0, :, 10:203], atol=1e-3)
 
 
+@pytest.mark.parametrize("where", ["mid-file edit", "edit at the end", "cold"])
+def test_tail_rides_along_in_the_sync_forward(tiny, where):
+    """sync(tail=t) runs t in the gap's own forward (at slot len(new), scratch): its logits
+    and K/V equal the separate forward a decode would run after the sync."""
+    toks = list(range(1000, 1300))
+    new = {"mid-file edit": toks[:150] + [5, 6, 7] + toks[150:],
+           "edit at the end": toks[:-4] + [5, 6, 7],
+           "cold": toks}[where]
+    tail = 77
+    n = len(new)
+    fused = DocCache(tiny.net) if where == "cold" else fresh(tiny.net, toks)
+    sep = DocCache(tiny.net) if where == "cold" else fresh(tiny.net, toks)
+    st_ = fused.sync(new, tail=tail)
+    assert st_.tail_logits is not None and fused.tokens == new
+    sep.sync(new)
+    ref = tiny.net.forward(torch.tensor([tail]), torch.tensor([n]), sep.k, sep.v, n)[0]
+    assert torch.allclose(st_.tail_logits, ref, atol=1e-4)
+    assert torch.allclose(fused.k[:, :, :n + 1], sep.k[:, :, :n + 1], atol=1e-5)
+    assert torch.allclose(fused.v[:, :, :n + 1], sep.v[:, :, :n + 1], atol=1e-5)
+    # nothing to compute: no forward, no logits (the decode runs the tail itself)
+    assert fused.sync(new, tail=tail).tail_logits is None
+
+
 def test_refresh_makes_cache_exact(tiny):
     toks = list(range(3000, 3300))
     c = fresh(tiny.net, toks)
@@ -70,13 +93,13 @@ def test_cancel_leaves_consistent_prefix(tiny):
     calls = {"n": 0}
     real = c.encode
 
-    def enc(tokens, a, b, cancel=None, on_chunk=None):
+    def enc(tokens, a, b, cancel=None, on_chunk=None, **kw):
         def cb(i):
             calls["n"] += 1
             if on_chunk:
                 on_chunk(i)
             ev.set()  # cancel after the first chunk
-        return real(tokens, a, b, cancel, on_chunk=cb)
+        return real(tokens, a, b, cancel, on_chunk=cb, **kw)
 
     c.encode = enc
     with pytest.raises(Cancelled):
