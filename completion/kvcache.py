@@ -302,8 +302,11 @@ class DocCache:
         for b in left + right[::-1]:
             src = slice(b.old, b.old + b.size)
             dst = slice(b.new, b.new + b.size)
-            ks = K[:, :, src]
-            K[:, :, dst] = shift_keys(ks, b.shift, rope) if rotate else ks.clone()
+            # (sources copied first: a move overlaps its own destination)
+            if rotate:
+                shift_keys(K[:, :, src].clone(), b.shift, rope, out=K[:, :, dst])
+            else:
+                K[:, :, dst] = K[:, :, src].clone()
             V[:, :, dst] = V[:, :, src].clone()
             moved += b.size
         kept = sum(b.size for b in blocks if b.shift == 0)

@@ -75,16 +75,30 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat([xr * cos + rotate_half(xr) * sin, xp], dim=-1)
 
 
-def shift_keys(keys: torch.Tensor, d: int, rope: Rope) -> torch.Tensor:
+def shift_keys(keys: torch.Tensor, d: int, rope: Rope, out: torch.Tensor | None = None) -> torch.Tensor:
     """Keys [..., T, head_dim] that sat at position p, re-rotated to sit at p + d.
 
-    Computed in fp32 whatever the cache dtype, returned in the keys' dtype.
+    Computed in fp32 whatever the cache dtype, returned in the keys' dtype.  `out` (not
+    overlapping `keys`, e.g. the destination slots in the cache): written in place, in three
+    passes over fp32 keys instead of apply_rotary's five temporaries plus a copy (a mid-file
+    edit in a 2k-token file moves ~1,000 keys x 30 layers: 16 -> 8 ms here).
     """
     if d == 0:
-        return keys
+        return keys if out is None else out.copy_(keys)
     cos, sin = rope.shift_cos_sin(d)
-    out = apply_rotary(keys.float(), cos[0], sin[0])
-    return out.to(keys.dtype)
+    cos, sin = cos[0], sin[0]
+    if out is None or keys.dtype != torch.float32 or out.dtype != torch.float32:
+        res = apply_rotary(keys.float(), cos, sin).to(keys.dtype)
+        return res if out is None else out.copy_(res)
+    rot = cos.shape[-1]
+    h = rot // 2
+    # x * cos + rotate_half(x) * sin, rotate_half(x) = (-x2, x1)
+    torch.mul(keys[..., :rot], cos, out=out[..., :rot])
+    out[..., :h].addcmul_(keys[..., h:rot], sin[:h], value=-1)
+    out[..., h:rot].addcmul_(keys[..., :h], sin[h:])
+    if rot < keys.shape[-1]:
+        out[..., rot:] = keys[..., rot:]
+    return out
 
 
 def _rope_params(cfg: dict[str, Any]) -> dict[str, Any]:

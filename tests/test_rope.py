@@ -32,6 +32,19 @@ def test_shift_equals_recompute(rope, d):
     shifted = shift_keys(k_at_p, d, r)
     # the reference itself computes p·θ in fp32 (error ~1e-4 rad at p ~ 1.7k)
     assert torch.allclose(shifted, k_at_pd, atol=1e-3 * max(1.0, r.attention_scaling)), (shifted - k_at_pd).abs().max()
+    # written in place into a (strided) destination: the same keys
+    dest = torch.zeros(3, 60, 64)
+    got = shift_keys(k_at_p, d, r, out=dest[:, 5:55])
+    assert got.data_ptr() == dest[:, 5:55].data_ptr()
+    assert torch.allclose(dest[:, 5:55], shifted, atol=1e-5) and not dest[:, :5].any()
+
+
+def test_in_place_shift_with_partial_rotary_keeps_the_pass_through_dims():
+    r = rope_from_config(dict(BASE, partial_rotary_factor=0.5,
+                              rope_parameters={"rope_type": "default", "rope_theta": 10000.0}), 64)
+    k = torch.randn(2, 7, 64)
+    out = shift_keys(k, 9, r, out=torch.empty(2, 7, 64))
+    assert torch.allclose(out, shift_keys(k, 9, r), atol=1e-5) and torch.equal(out[..., 32:], k[..., 32:])
 
 
 def test_yarn_scaling_not_applied_twice():
