@@ -1,12 +1,13 @@
 """Decode speed at 2k context: transformers' own forward vs draftline's decoder (fp32,
-bf16 weights, int8), side by side in one run, plus the memory floor and, for each reduced
+bf16 weights, int8, int4 where exact), side by side in one run, plus the memory floor and, for each reduced
 precision, how often its next token agrees with fp32 on real code.
 
     python bench/decode.py [--context 2000] [--steps 16] [--agree-positions 500] [--lines 40] [--json]
 
 Agreement: next token of fp32 vs each reduced path, one decode step per position, on two
 stdlib files; next-line edit similarity of greedy drafts on bench/drafts.py's tasks.  The
-default path is what `quantize: "auto"` loads (weight-only int8 on CPU).
+default path is what `quantize: "auto"` loads on CPU: "int4" (the projections whose weights
+are exactly 4-bit per group, all of the default model's, in int4; int8 elsewhere).
 
 floor_ms_per_token = bytes of weights read per token / measured read bandwidth (a large
 tensor summed with the same thread count). Last line `--json`.
@@ -122,7 +123,8 @@ def main() -> int:
     tok = base.tokenizer
     text = "".join((stdlib() / f).read_text(encoding="utf-8") for f in ("textwrap.py", "shlex.py", "json/decoder.py"))
     ids = tok.encode(text)[: a.context]
-    variants = {"fp32": base.net, "bf16": M.load(None, quantize="bf16").net, "int8": M.load(None, quantize="int8").net}
+    variants = {"fp32": base.net, "bf16": M.load(None, quantize="bf16").net, "int8": M.load(None, quantize="int8").net,
+                "int4": M.load(None, quantize="int4").net}
     bw = read_bandwidth_gbs()
     rows = {}
     for name, net in variants.items():
@@ -133,11 +135,11 @@ def main() -> int:
     half = a.agree_positions // 2
     codes = [tok.encode((stdlib() / f).read_text(encoding="utf-8"))[:256 + half] for f in ("argparse.py", "difflib.py")]
     refs = [decode_logits(base.net, code, 256).argmax(-1) for code in codes]
-    for name in ("bf16", "int8"):
+    for name in ("bf16", "int8", "int4"):
         same = [decode_logits(variants[name], code, 256).argmax(-1) == ref for code, ref in zip(codes, refs)]
         rows[name]["top1_agree"] = float(torch.cat(same).float().mean())
     rows["fp32"]["top1_agree"] = 1.0
-    default = {"int8": "int8", "bf16": "bf16"}.get(M.effective_quantize("auto", base.net.dtype), "fp32")
+    default = {"int8": "int8", "int4": "int4", "bf16": "bf16"}.get(M.effective_quantize("auto", base.net.dtype), "fp32")
     es = next_line_es(variants, tok, a.lines) if a.lines else {}
     for name, v in es.items():
         rows[name]["es"] = v

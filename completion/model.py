@@ -203,10 +203,13 @@ def pick_dtype(device: str, dtype: str | None) -> torch.dtype:
 
 
 def effective_quantize(quantize: str | None, dtype: torch.dtype = torch.float32) -> str:
-    """What `quantize` means for a model held in `dtype`: "auto" (or unset) is weight-only
-    int8 for fp32 models where ATen has the int8 kernel, "none" otherwise."""
+    """What `quantize` means for a model held in `dtype`: "auto" (or unset) is "int4" (weight-only
+    int4 where the weights are exactly 4-bit per group, int8 elsewhere) for fp32 models where
+    ATen has the kernels, "none" otherwise."""
     if quantize in (None, "", "auto"):
-        return "int8" if dtype == torch.float32 and hasattr(torch, "_weight_int8pack_mm") else "none"
+        if dtype != torch.float32 or not hasattr(torch, "_weight_int8pack_mm"):
+            return "none"
+        return "int4" if hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu") else "int8"
     return quantize
 
 
@@ -214,9 +217,10 @@ def load(spec: str | None = None, *, progress: Progress = _noop, dtype: str | No
          quantize: str | None = "auto", allow_fetch: bool = True) -> LoadedModel:
     """Resolve, then load weights and tokenizer. `quantize`: "none", "int8" (weight-only
     int8, per output channel, bf16 activations in the matmuls; the head's top rows exact),
-    "bf16" (bf16 weights, fp32 activations) or "auto" (the default: int8 for fp32 CPU
-    models, measured in bench/decode.py at ~2.5x fp32's speed with >= 97% next-token
-    agreement; "none" otherwise)."""
+    "int4" (as int8, but projections whose weights are exactly 4-bit per group of 32, like
+    the default model's Q4_1 GGUF, keep those 4 bits: lossless, half int8's bytes), "bf16"
+    (bf16 weights, fp32 activations) or "auto" (the default: int4 for fp32 CPU models;
+    bench/decode.py measures each against fp32)."""
     from .tokens import Tokenizer
 
     t0 = time.perf_counter()
@@ -236,8 +240,8 @@ def load(spec: str | None = None, *, progress: Progress = _noop, dtype: str | No
         raise ModelError(f"{d}: cannot load weights: {e}") from e
     del state
     quantize = effective_quantize(quantize, net.dtype)
-    if quantize == "int8":
-        net.quantize_int8()
+    if quantize in ("int8", "int4"):
+        net.quantize_int8(int4_where_exact=quantize == "int4")
     elif quantize in ("bf16", "bfloat16"):
         net.cast_weights(torch.bfloat16)
     tok = Tokenizer.from_dir(d, cfg)

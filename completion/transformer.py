@@ -148,6 +148,79 @@ class Int8Linear:
         return self.qweight.numel() + self.scale.numel() * self.scale.element_size()
 
 
+class Int4Linear:
+    """Weight-only int4 in groups of 32 input features, used only where it is *lossless*:
+    weights that are already 4-bit per group (the default model's GGUF stores every
+    projection as Q4_1, w = d * q + m per block of 32, and its dequantized weights give q,
+    d and m back exactly).  A decode step then reads half of int8's weight bytes and
+    computes with the very weights the fp32 path uses (only the bf16 activations, scales
+    and offsets of ATen's int4 kernel round).  Measured here: the 120 projections of the
+    default model in 4.1 ms per token vs 8.3 ms for int8.
+
+    Few rows run ATen's `_weight_int4pack_mm_for_cpu`; many rows (prefill chunks)
+    dequantize the kept 4-bit codes to bf16 and run one GEMM, as Int8Linear does.
+    """
+
+    GROUP = 32
+    GEMV_ROWS = 32
+
+    def __init__(self, codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor,
+                 bias: torch.Tensor | None = None):
+        n, k = codes.shape
+        g = self.GROUP
+        self.out_features, self.in_features = n, k
+        self.codes = codes.to(torch.uint8).contiguous()  # [N, K], 0..15: for the GEMM path
+        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(), 2)
+        # the kernel's convention is w = (q - 8) * s + z per group: z = offset + 8 s
+        self.scales_zeros = torch.stack([scale.t(), (offset + 8 * scale).t()], -1).to(torch.bfloat16).contiguous()
+        self.scale = scale.to(torch.bfloat16).reshape(n, k // g, 1)
+        self.offset = offset.to(torch.bfloat16).reshape(n, k // g, 1)
+        self.bias = bias.float() if bias is not None else None
+
+    @classmethod
+    def exact(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> "Int4Linear | None":
+        """An Int4Linear holding `weight` exactly, or None when it is not 4-bit per group
+        (or ATen lacks the kernel): then the caller quantizes to int8 instead."""
+        if not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
+            return None
+        n, k = weight.shape
+        g = cls.GROUP
+        if k % g or n % 8:
+            return None
+        w = weight.float().reshape(n, k // g, g)
+        lo = w.amin(-1, keepdim=True)
+        step = (w.amax(-1, keepdim=True) - lo) / 15
+        safe = torch.where(step > 0, step, torch.ones_like(step))
+        codes = ((w - lo) / safe).round().clamp(0, 15)
+        err = (codes * step + lo - w).abs().max().item()
+        if err > 1e-6 * max(weight.abs().max().item(), 1e-12):
+            return None
+        try:
+            return cls(codes.reshape(n, k), step.reshape(n, k // g).float(), lo.reshape(n, k // g).float(), bias)
+        except RuntimeError:  # a shape the packing kernel refuses
+            return None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        shp = x.shape
+        x2 = x.reshape(-1, shp[-1]).to(torch.bfloat16)
+        if x2.shape[0] <= self.GEMV_ROWS:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.GROUP, self.scales_zeros)
+        else:
+            n, k = self.out_features, self.in_features
+            w = torch.addcmul(self.offset, self.codes.reshape(n, k // self.GROUP, self.GROUP).to(torch.bfloat16),
+                              self.scale).reshape(n, k)
+            y = torch.mm(w, x2.t()).t()
+        y = y.to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias.to(x.dtype)
+        return y.reshape(*shp[:-1], self.out_features)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes one decode step reads (the packed codes and the group scales)."""
+        return self.packed.numel() * self.packed.element_size() + self.scales_zeros.numel() * 2
+
+
 class RescoredHead:
     """The output projection in int8, with the `top` best rows of each output recomputed
     from the exact weights.
@@ -178,11 +251,11 @@ class RescoredHead:
 @dataclass
 class Layer:
     attn_norm: torch.Tensor
-    wqkv: Linear | Int8Linear
-    wo: Linear | Int8Linear
+    wqkv: Linear | Int8Linear | Int4Linear
+    wo: Linear | Int8Linear | Int4Linear
     ffn_norm: torch.Tensor
-    w13: Linear | Int8Linear  # gate and up fused
-    w2: Linear | Int8Linear
+    w13: Linear | Int8Linear | Int4Linear  # gate and up fused
+    w2: Linear | Int8Linear | Int4Linear
 
 
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
@@ -222,17 +295,22 @@ class Transformer:
                     w2=Linear(g(p + "mlp.down_proj.weight")),
                 )
             )
-        self.quantized: str | None = None  # None, "int8" or a reduced weight dtype
+        self.quantized: str | None = None  # None, "int8", "int4", "int4+int8" or a reduced weight dtype
 
     # -- weights -----------------------------------------------------------------------
-    def quantize_int8(self) -> None:
-        """Swap every projection (and the lm_head) for weight-only int8."""
+    def quantize_int8(self, int4_where_exact: bool = False) -> None:
+        """Swap every projection (and the lm_head) for weight-only int8; with
+        `int4_where_exact`, projections whose weights are exactly 4-bit per group of 32
+        become Int4Linear instead (lossless, half the bytes)."""
+        kinds = set()
         for L in self.layers:
             for name in ("wqkv", "wo", "w13", "w2"):
                 lin = getattr(L, name)
-                setattr(L, name, Int8Linear(lin.weight, lin.bias))
+                q = Int4Linear.exact(lin.weight, lin.bias) if int4_where_exact else None
+                setattr(L, name, q if q is not None else Int8Linear(lin.weight, lin.bias))
+                kinds.add("int4" if q is not None else "int8")
         self.lm_head = RescoredHead(self.lm_head.weight)
-        self.quantized = "int8"
+        self.quantized = "+".join(sorted(kinds))
 
     def cast_weights(self, dtype: torch.dtype) -> None:
         """Projection and lm_head weights in `dtype` (e.g. bf16: half the bytes to read),

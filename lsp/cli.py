@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--max-tokens", type=int, default=48)
     c.add_argument("--method", default="batched")
     c.add_argument("--model")
-    c.add_argument("--quantize", default="auto", choices=["auto", "none", "int8", "bf16"])
+    c.add_argument("--quantize", default="auto", choices=["auto", "none", "int8", "int4", "bf16"])
     c.add_argument("--no-monitors", action="store_true")
     c.add_argument("--json", action="store_true")
     c.set_defaults(fn=cmd_complete)
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("action", choices=["fetch", "info"])
     m.add_argument("--model")
     m.add_argument("--force", action="store_true")
-    m.add_argument("--quantize", default="auto", choices=["auto", "none", "int8", "bf16"])
+    m.add_argument("--quantize", default="auto", choices=["auto", "none", "int8", "int4", "bf16"])
     m.add_argument("--json", action="store_true")
     m.set_defaults(fn=cmd_model)
 

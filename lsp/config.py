@@ -32,7 +32,7 @@ class Settings:
     model: str | None = None  # None = the default SmolLM2-135M; a HF dir or a .gguf path
     device: str = "cpu"
     dtype: str | None = None  # auto: fp32 on CPU, bf16 on CUDA
-    quantize: str = "auto"  # auto = weight-only int8 on CPU (bench/decode.py); "none" = fp32
+    quantize: str = "auto"  # auto = weight-only int4 where exact, else int8, on CPU (bench/decode.py); "none" = fp32
     drafts: int = 3  # k drafts per request
     max_tokens: int = 48  # per draft
     context_tokens: int = 2048

@@ -98,14 +98,42 @@ def test_int8_close_to_fp32(tiny_dir):
     assert torch.allclose(torch.stack(steps), lb[40:], atol=0.05 * float(lb.abs().max()))
 
 
-def test_int8_default_agrees_with_fp32_on_real_code(default_model_dir):
-    """The default path (auto = weight-only int8 on CPU) keeps fp32's next token on real code."""
+def test_int4_only_where_exact_and_equal_to_fp32():
+    from draftline.completion.transformer import Int4Linear, Linear
+
+    torch.manual_seed(0)
+    n, k = 96, 128
+    codes = torch.randint(0, 16, (n, k)).float()
+    codes[:, ::32], codes[:, 1::32] = 0, 15  # a Q4_1 quantizer maps each group's min and max to 0 and 15
+    step = torch.rand(n, k // 32, 1) * 0.02 + 0.001
+    low = torch.randn(n, k // 32, 1) * 0.05
+    w = (codes.reshape(n, k // 32, 32) * step + low).reshape(n, k)  # 4-bit per group of 32, like GGUF Q4_1
+    q = Int4Linear.exact(w)
+    assert q is not None and q.nbytes < n * k  # half a byte per weight plus the group scales
+    for rows in (1, 5, 40):  # the int4 GEMV kernel and the dequantized GEMM (prefill) path
+        x = torch.randn(rows, k)
+        ref = Linear(w)(x)
+        assert torch.allclose(q(x), ref, atol=0.02 * float(ref.abs().max())), rows
+    assert Int4Linear.exact(torch.randn(n, k)) is None  # not 4-bit: int8 is used instead
+    assert Int4Linear.exact(torch.randn(n, 100)) is None  # no whole groups
+
+
+def test_int4_falls_back_to_int8_for_weights_that_are_not_4_bit(tiny_dir):
+    from draftline.completion import model as M
+
+    b = M.load(str(tiny_dir), quantize="int4")  # random weights: nothing is exactly 4-bit
+    assert b.net.quantized == "int8"
+
+
+def test_default_quantization_agrees_with_fp32_on_real_code(default_model_dir):
+    """The default path (auto: int4 where the weights are 4-bit, all of the default model's
+    projections; int8 head) keeps fp32's next token on real code."""
     from conftest import stdlib_source
     from draftline.completion import model as M
 
     a = M.load(str(default_model_dir), quantize="none")
     b = M.load(str(default_model_dir))
-    assert b.net.quantized == "int8"
+    assert b.net.quantized == "int4"
     ids = a.tokenizer.encode(stdlib_source("textwrap.py"))[:320]
     tops = []
     for net in (a.net, b.net):
