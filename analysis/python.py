@@ -9,10 +9,10 @@ Two halves:
   be bound later).  It runs once per decode step, so it scans only what changed.
 
 * A jedi front end that answers "members of this expression", "keyword parameters of this
-  call", "modules/names importable here", "names visible here".  jedi runs in-process with a
-  sys.path stripped of the workspace (``InterpreterEnvironment``: no project interpreter is
-  ever started), unsafe extension loading off, in one worker thread (jedi is not
-  thread-safe) with a time budget: when the budget runs out the caller gets None (no
+  call", "modules/names importable here", "names visible here".  jedi runs in a child process
+  (`_ProcessWorker`: off this process's GIL) with a sys.path stripped of the workspace
+  (``InterpreterEnvironment``: no project interpreter is ever started), unsafe extension
+  loading off, one query at a time (jedi is not thread-safe) with a time budget: when the budget runs out the caller gets None (no
   constraint) and the answer lands in the cache for later steps.  "Unknown" or dynamic
   (``__getattr__``, unresolved base classes, ``**kwargs``) is always None, never an empty set.
 """
@@ -743,8 +743,25 @@ def _safe_environment(workspace: str | None):
     return _SafeEnvironment()
 
 
+def _run_with_overlay(fn: Callable[[], object], docs: Mapping[str, str] | None) -> object:
+    """Run one jedi call with the open documents' texts standing in for their files."""
+    _overlay.docs = docs
+    _overlay.restore = {}
+    try:
+        return fn()
+    finally:
+        for (_, path), (bucket, item) in _overlay.restore.items():
+            if item is None:
+                bucket.pop(path, None)
+            else:
+                bucket[path] = item
+        _overlay.docs = None
+        _overlay.restore = None
+
+
 class _Worker:
-    """One daemon thread running jedi calls in order (jedi is not thread-safe)."""
+    """One daemon thread running jedi calls in order (jedi is not thread-safe), in this
+    process: used when ``DRAFTLINE_JEDI=thread`` and by tests that patch the analyzer."""
 
     def __init__(self) -> None:
         self._q: queue.Queue = queue.Queue()
@@ -756,42 +773,139 @@ class _Worker:
             fn, fut, docs = self._q.get()
             if not fut.set_running_or_notify_cancel():
                 continue
-            _overlay.docs = docs
-            _overlay.restore = {}
             try:
-                fut.set_result(fn())
+                fut.set_result(_run_with_overlay(fn, docs))
             except BaseException as e:  # noqa: BLE001 - report any jedi failure as "unknown"
                 log.debug("jedi query failed: %r", e)
                 fut.set_exception(e)
-            finally:
-                for (_, path), (bucket, item) in _overlay.restore.items():
-                    if item is None:
-                        bucket.pop(path, None)
-                    else:
-                        bucket[path] = item
-                _overlay.docs = None
-                _overlay.restore = None
 
     def submit(self, fn: Callable[[], object], docs: Mapping[str, str] | None) -> Future:
         fut: Future = Future()
         self._q.put((fn, fut, docs))
         return fut
 
+    def query(self, analyzer: "PythonAnalyzer", kind: str, before: str, after: str, path: str | None,
+              docs: Mapping[str, str] | None) -> Future:
+        fn = getattr(analyzer, "_" + kind)
+        return self.submit(lambda: fn(before, after, path), docs)
+
     @property
     def backlog(self) -> int:
         return self._q.qsize()
 
 
-_worker: _Worker | None = None
+class _ProcessWorker:
+    """jedi in a child process (``python -P -m draftline.analysis.jedi_worker``), one query
+    at a time, answers read by a thread that only waits on the pipe.
+
+    Why not a thread: jedi is pure Python. In this process it holds the GIL while the
+    decoder's torch calls want it back after every operation, so each of the ~1,000 small
+    operations of a forward could wait for jedi's switch interval (5 ms): a 2k-token prefill
+    took ~10 s instead of ~5 s while a query ran beside it. In a child process it only
+    shares the cores (at a lower priority).  Messages are JSON lines (no pickle from a
+    process that reads the workspace); open documents are sent once per version.
+    A child that dies fails its pending queries (None for the caller) and is restarted by the
+    next query; one stuck past HANG_S is killed.
+    """
+
+    HANG_S = 30.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc = None
+        self._pending: dict[int, tuple[Future, float]] = {}
+        self._ids = itertools.count()
+        self._sent: dict[str, int] = {}  # path -> hash of the text the child holds
+
+    def _ensure(self):
+        import json
+        import subprocess
+
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            oldest = min((t for _, t in self._pending.values()), default=None)
+            if oldest is None or time.monotonic() - oldest < self.HANG_S:
+                return proc
+            log.warning("jedi worker stuck for %.0f s; restarting it", time.monotonic() - oldest)
+            proc.kill()
+        proc = subprocess.Popen([sys.executable, "-P", "-m", "draftline.analysis.jedi_worker"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, encoding="ascii")
+        self._proc = proc
+        self._sent = {}
+        threading.Thread(target=self._read, args=(proc, json), name="draftline-jedi-reader", daemon=True).start()
+        return proc
+
+    def _read(self, proc, json) -> None:
+        for line in proc.stdout:
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            with self._lock:
+                got = self._pending.pop(msg.get("q"), None)
+            if got is None:
+                continue
+            fut = got[0]
+            if "error" in msg:
+                fut.set_exception(RuntimeError(f"jedi worker: {msg['error']}"))
+            elif msg.get("names") is None:
+                fut.set_result(None)
+            else:
+                fut.set_result(Completions(frozenset(msg["names"]), frozenset(msg.get("callables") or ())))
+        # the child is gone: its pending queries are unknown
+        with self._lock:
+            dead = [f for f, _ in self._pending.values()] if self._proc is proc or self._proc is None else []
+            if self._proc is proc:
+                self._pending.clear()
+        for f in dead:
+            if not f.done():
+                f.set_exception(RuntimeError("jedi worker exited"))
+
+    def query(self, analyzer: "PythonAnalyzer", kind: str, before: str, after: str, path: str | None,
+              docs: Mapping[str, str] | None) -> Future:
+        import json
+
+        fut: Future = Future()
+        fut.set_running_or_notify_cancel()
+        with self._lock:
+            try:
+                proc = self._ensure()
+                qid = next(self._ids)
+                sent = {}
+                for p, text in (docs or {}).items():
+                    h = hash(text)
+                    sent[p] = [h, None if self._sent.get(p) == h else text]
+                    self._sent[p] = h
+                msg = {"q": qid, "config": [analyzer.workspace_root, list(analyzer.added_sys_path)],
+                       "kind": kind, "before": before, "after": after, "path": path, "docs": sent}
+                self._pending[qid] = (fut, time.monotonic())
+                proc.stdin.write(json.dumps(msg) + "\n")
+                proc.stdin.flush()
+            except (OSError, ValueError) as e:  # the child died under us: unknown, restart next time
+                self._pending.pop(qid, None) if "qid" in locals() else None
+                self._sent = {}
+                fut.set_exception(RuntimeError(f"jedi worker unavailable: {e}"))
+        return fut
+
+    @property
+    def backlog(self) -> int:
+        with self._lock:
+            return max(0, len(self._pending) - 1)  # queued behind the one running
+
+
+_workers: dict[bool, "_Worker | _ProcessWorker"] = {}
 _worker_lock = threading.Lock()
+#: jedi runs in a child process unless DRAFTLINE_JEDI=thread (see _ProcessWorker)
+ISOLATED = os.environ.get("DRAFTLINE_JEDI", "process") != "thread"
 
 
-def _get_worker() -> _Worker:
-    global _worker
+def _get_worker(isolated: bool | None = None):
+    iso = ISOLATED if isolated is None else isolated
     with _worker_lock:
-        if _worker is None:
-            _worker = _Worker()
-        return _worker
+        w = _workers.get(iso)
+        if w is None:
+            w = _workers[iso] = _ProcessWorker() if iso else _Worker()
+        return w
 
 
 def _line_col(code: str, offset: int) -> tuple[int, int]:
@@ -812,13 +926,14 @@ class PythonAnalyzer:
     MAX_BACKLOG = 2
 
     def __init__(self, workspace_root: str | None = None, added_sys_path: tuple[str, ...] = (),
-                 budget_s: float = 0.3, cache_size: int = 512) -> None:
+                 budget_s: float = 0.3, cache_size: int = 512, isolated: bool | None = None) -> None:
         self.workspace_root = os.path.abspath(workspace_root) if workspace_root else None
         self.added_sys_path = tuple(added_sys_path)
         self.budget_s = budget_s
         self._cache: OrderedDict[tuple, tuple[Future, float]] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        self.isolated = isolated  # jedi in a child process (None: the module default, ISOLATED)
         self._env = None
         self._project = None
         self._type_members: dict[tuple, Completions | None] = {}  # see _members
@@ -877,14 +992,15 @@ class PythonAnalyzer:
         if hit is None:
             if not start:
                 return None
-            worker = _get_worker()
+            if kind not in ("members", "kwargs", "complete"):
+                raise ValueError(f"unknown analysis {kind!r}")
+            worker = _get_worker(self.isolated)
             if worker.backlog >= (self.MAX_BACKLOG if wait or urgent else 1):
                 return None
             docs = None
             if open_documents:
                 docs = {os.path.normcase(os.path.abspath(p)): t for p, t in open_documents.items()}
-            fn = {"members": self._members, "kwargs": self._kwargs, "complete": self._complete}[kind]
-            fut = worker.submit(lambda: fn(before, after, path), docs)
+            fut = worker.query(self, kind, before, after, path, docs)
             hit = (fut, now)
             with self._lock:
                 self._cache[key] = hit
@@ -907,7 +1023,7 @@ class PythonAnalyzer:
 
     def warm_up(self) -> Future:
         """Load jedi and the builtins/typeshed stubs in the background (the first query is slow)."""
-        return _get_worker().submit(lambda: self._members("import os\nos.path.", "", None), None)
+        return _get_worker(self.isolated).query(self, "members", "import os\nos.path.", "", None, None)
 
     # --- the analyses (run on the worker thread) -----------------------------------------------
     def _members(self, before: str, after: str, path: str | None) -> Completions | None:

@@ -115,7 +115,7 @@ class _SlowAnalyzer(PythonAnalyzer):
     """jedi stand-in: every members query takes ``delay`` s and is recorded."""
 
     def __init__(self, delay: float, budget_s: float = 0.01) -> None:
-        super().__init__(budget_s=budget_s)
+        super().__init__(budget_s=budget_s, isolated=False)  # a stand-in runs in this process
         self.delay = delay
         self.calls: list[str] = []
 

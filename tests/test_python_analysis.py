@@ -194,7 +194,8 @@ def test_modules_and_from_import(analyzer):
     assert {"OrderedDict", "defaultdict"} <= analyzer.query("complete", "from collections import ", "").names
 
 
-def test_library_type_members_are_listed_once_user_types_every_time(analyzer, monkeypatch):
+def test_library_type_members_are_listed_once_user_types_every_time(monkeypatch):
+    analyzer = PythonAnalyzer(budget_s=20, isolated=False)  # patched in this process
     listed = []
     orig = PythonAnalyzer._list_members
     monkeypatch.setattr(PythonAnalyzer, "_list_members",
@@ -212,6 +213,18 @@ def test_library_type_members_are_listed_once_user_types_every_time(analyzer, mo
     assert len(listed) == 4
 
 
+def test_jedi_runs_in_a_child_process_that_is_restarted_when_it_dies(analyzer):
+    worker = py._get_worker(True)
+    assert members(analyzer, "import os\nos.path.") >= {"join"}
+    proc = worker._proc
+    assert proc is not None and proc.pid != os.getpid() and proc.poll() is None
+    proc.kill()
+    proc.wait(timeout=10)
+    # the next query (a new text: not cached) gets a new child and an answer
+    assert {"append", "pop"} <= members(analyzer, "import collections\ncollections.deque().")
+    assert worker._proc is not proc and worker._proc.poll() is None
+
+
 def test_repeat_queries_hit_the_cache_in_microseconds(analyzer):
     code = "import os\nos.path."
     members(analyzer, code)
@@ -224,7 +237,7 @@ def test_repeat_queries_hit_the_cache_in_microseconds(analyzer):
 
 
 def test_budget_returns_none_and_the_answer_lands_later():
-    an = PythonAnalyzer(budget_s=0.05)
+    an = PythonAnalyzer(budget_s=0.05, isolated=False)  # patched in this process
 
     def slow(before, after, path):
         time.sleep(0.4)
@@ -242,7 +255,7 @@ def test_budget_returns_none_and_the_answer_lands_later():
 def test_prefetches_never_queue_behind_work_and_start_budgets_wait_longer():
     """Speculative queries (wait=False) are queued only on an idle worker, so the query a decode
     step waits for is never refused; ``budget`` extends one wait; ``start=False`` only looks up."""
-    an = PythonAnalyzer(budget_s=0.02)
+    an = PythonAnalyzer(budget_s=0.02, isolated=False)  # patched in this process
     calls = []
 
     def slow(before, after, path):
@@ -251,7 +264,7 @@ def test_prefetches_never_queue_behind_work_and_start_budgets_wait_longer():
         return py.Completions(frozenset({"late"}))
 
     an._members = slow  # type: ignore[method-assign]
-    blocker = py._get_worker().submit(lambda: time.sleep(0.4), None)
+    blocker = py._get_worker(isolated=False).submit(lambda: time.sleep(0.4), None)
     time.sleep(0.05)  # the blocker is running, nothing is queued
     assert an.query("members", "pre_a.", "", wait=False) is None  # queued (backlog 0 -> 1)
     assert an.query("members", "pre_b.", "", wait=False) is None  # refused: something is queued
@@ -265,7 +278,7 @@ def test_prefetches_never_queue_behind_work_and_start_budgets_wait_longer():
 
 
 def test_failures_are_unknown():
-    an = PythonAnalyzer(budget_s=5)
+    an = PythonAnalyzer(budget_s=5, isolated=False)  # patched in this process
 
     def boom(before, after, path):
         raise RuntimeError("jedi crashed")

@@ -1,0 +1,64 @@
+"""The jedi child process (see `python._ProcessWorker`): JSON lines in on stdin, one answer
+line per query out on the original stdout; anything else that prints goes to stderr.
+
+Each query names its analyzer's configuration (workspace root, extra import roots); one
+`PythonAnalyzer` per configuration keeps jedi's caches warm (and the per-type member cache).
+Open documents arrive as {path: [hash, text or null]}: null = the text sent before.
+Runs at a lower CPU priority than the server, whose decoder wants the cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+NICE = 5
+
+
+def main() -> int:
+    out = os.fdopen(os.dup(1), "w", encoding="ascii")
+    os.dup2(2, 1)  # jedi or a plugin printing must not corrupt the answers
+    sys.stdout = sys.stderr
+    try:
+        os.nice(NICE)
+    except (AttributeError, OSError):
+        pass
+    from draftline.analysis.python import PythonAnalyzer, _run_with_overlay
+
+    analyzers: dict[tuple, PythonAnalyzer] = {}
+    texts: dict[str, tuple[int, str]] = {}
+    for line in sys.stdin:
+        try:
+            msg = json.loads(line)
+            qid = msg["q"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        try:
+            root, added = msg["config"]
+            key = (root, tuple(added))
+            an = analyzers.get(key)
+            if an is None:
+                an = analyzers[key] = PythonAnalyzer(root, tuple(added), isolated=False)
+            docs = {}
+            for path, (h, text) in (msg.get("docs") or {}).items():
+                if text is not None:
+                    texts[path] = (h, text)
+                known = texts.get(path)
+                if known is not None and known[0] == h:
+                    docs[path] = known[1]
+            fn = getattr(an, "_" + msg["kind"])
+            res = _run_with_overlay(lambda: fn(msg["before"], msg["after"], msg["path"]), docs or None)
+            if res is None:
+                reply = {"q": qid, "names": None}
+            else:
+                reply = {"q": qid, "names": sorted(res.names), "callables": sorted(res.callables)}
+        except Exception as e:  # noqa: BLE001 - a failed query is "unknown" for the server
+            reply = {"q": qid, "error": repr(e)[:500]}
+        out.write(json.dumps(reply) + "\n")
+        out.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
