@@ -13,7 +13,7 @@ import json
 import os
 import sys
 
-NICE = 5
+NICE = int(os.environ.get("DRAFTLINE_JEDI_NICE", "5"))
 
 
 def main() -> int:

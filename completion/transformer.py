@@ -258,6 +258,17 @@ class Layer:
     w2: Linear | Int8Linear | Int4Linear
 
 
+def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, nkv: int, hd: int) -> torch.Tensor:
+    """Attention of one query row (a decode step) over the cache: q [nh, 1, hd], k/v
+    [nkv, S, hd] -> [nh, 1, hd].  Two batched matmuls with the query heads of each KV group
+    as rows: measured 7.6 ms vs SDPA's 10.3 ms for 30 layers at 2k context here (SDPA's CPU
+    kernel splits one query row poorly over threads); same math, no mask needed."""
+    nh = q.shape[0]
+    qg = q.reshape(nkv, nh // nkv, hd) * (hd ** -0.5)
+    p = torch.softmax(torch.bmm(qg, k.transpose(1, 2)), -1)
+    return torch.bmm(p, v).reshape(nh, 1, hd)
+
+
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     xf = x.float()
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
@@ -394,14 +405,17 @@ class Transformer:
             else:
                 k_cache[li].index_copy_(1, slots, k)
                 v_cache[li].index_copy_(1, slots, v)
-            o = F.scaled_dot_product_attention(
-                q.unsqueeze(0),
-                k_cache[li, :, :S].unsqueeze(0),
-                v_cache[li, :, :S].unsqueeze(0),
-                attn_mask=mask,
-                enable_gqa=nh != nkv,
-            )
-            h = h + L.wo(o[0].transpose(0, 1).reshape(T, qd))
+            if T == 1 and mask is None:
+                o = _attend_one(q, k_cache[li, :, :S], v_cache[li, :, :S], nkv, hd)
+            else:
+                o = F.scaled_dot_product_attention(
+                    q.unsqueeze(0),
+                    k_cache[li, :, :S].unsqueeze(0),
+                    v_cache[li, :, :S].unsqueeze(0),
+                    attn_mask=mask,
+                    enable_gqa=nh != nkv,
+                )[0]
+            h = h + L.wo(o.transpose(0, 1).reshape(T, qd))
             m = rms_norm(h, L.ffn_norm, cfg.norm_eps)
             gu = L.w13(m)
             inter = gu.shape[-1] // 2

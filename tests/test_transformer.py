@@ -149,3 +149,17 @@ def test_refuses_unknown_architecture(tmp_path):
     with pytest.raises(ArchitectureError):
         ModelConfig.from_hf({"model_type": "gpt2", "num_attention_heads": 2, "hidden_size": 8,
                              "vocab_size": 10, "num_hidden_layers": 1, "intermediate_size": 8})
+
+
+def test_one_row_attention_fast_path_equals_sdpa_and_masks_still_apply(tiny):
+    net = tiny.net
+    k, v = net.new_cache(64)
+    net.forward(torch.tensor(list(range(500, 540))), torch.arange(40), k, v, 0, logits_rows=None)
+    x, p = torch.tensor([7]), torch.tensor([40])
+    fast = net.forward(x, p, k.clone(), v.clone(), 40)  # no mask: the bmm path
+    full = net.forward(x, p, k.clone(), v.clone(), 40, mask=torch.ones(1, 41, dtype=torch.bool))  # SDPA
+    assert torch.allclose(fast, full, atol=1e-4)
+    holes = torch.ones(1, 41, dtype=torch.bool)
+    holes[0, 10:20] = False  # e.g. another draft's slots in a batched decode
+    masked = net.forward(x, p, k.clone(), v.clone(), 40, mask=holes)
+    assert not torch.allclose(masked, fast, atol=1e-3)
