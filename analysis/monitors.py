@@ -541,20 +541,27 @@ class MonitorSession:
             self.query_s += time.perf_counter() - t
             self.queries += 1
 
-    def prefetch(self) -> None:
-        """Start the jedi query the cursor position (``before + heal``) will need, without waiting."""
+    def prefetch(self, draft: str | None = None) -> None:
+        """Start the jedi query the position after ``before + draft`` will need, without
+        waiting (default: the cursor, ``before + heal``).  The decoder calls it for each
+        draft before the forward whose output that position's mask will filter, so jedi
+        (in its own process) answers while the model runs; with ``dot_lookahead`` "wait"
+        the members after a trailing expression are started too."""
         if self.language != "python" or self.mset.analyzer is None:
             return
         try:
-            text = self.base + self.heal
+            text = self.base + (self.heal if draft is None else draft)
             pos, _ = self._classify(text)
             if pos is None:
                 return
             kind = {"member": ("members", "members"), "kwarg": ("kwargs", "kwargs"),
                     "module": ("complete", "modules"), "import_name": ("complete", "modules")}.get(pos.kind)
-            if kind is None or not self.mset.enabled(kind[1]):
-                return
-            self.python_query(kind[0], text, pos.anchor, wait=False, urgent=True)
+            if kind is not None and self.mset.enabled(kind[1]):
+                self.python_query(kind[0], text, pos.anchor, wait=False, urgent=True)
+            if draft is not None and pos.expr_end and self.dot_lookahead == "wait" and self.mset.enabled("members"):
+                dpos, _ = self._classify(text + ".")
+                if dpos is not None and dpos.kind == "member":
+                    self.python_query("members", text + ".", dpos.anchor, wait=False)
         except Exception:  # analysis must never break decoding
             log.exception("monitor prefetch failed")
 

@@ -138,6 +138,15 @@ def _mask_for(spec: DecodeSpec, draft: str) -> torch.Tensor | None:
     return heal
 
 
+def _prefetch(spec: DecodeSpec, drafts: list[str]) -> None:
+    """Let the guides start the analyses the next step's masks need (before its forward)."""
+    for g in spec.guides:
+        pre = getattr(g, "prefetch", None)
+        if pre is not None:
+            for text in drafts:
+                pre(text)
+
+
 def _apply(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     if mask is None:
         return logits

@@ -336,6 +336,12 @@ class MonitorGuide:
     def query_s(self) -> float:
         return self.session.query_s
 
+    def prefetch(self, draft: str) -> None:
+        """Start the analysis the step after ``draft`` will need (see MonitorSession.prefetch)."""
+        t = time.perf_counter()
+        self.session.prefetch(draft)
+        self.time_s += time.perf_counter() - t
+
     def allowed(self, draft: str) -> torch.Tensor | None:
         t = time.perf_counter()
         step = self.session.at(draft)

@@ -46,7 +46,7 @@ import math
 
 import torch
 
-from .decode import DecodeSpec, DecodeStats, Draft, _apply, _check_cancel, _extend, _mask_for, tree_step
+from .decode import DecodeSpec, DecodeStats, Draft, _apply, _check_cancel, _extend, _mask_for, _prefetch, tree_step
 from .kvcache import DocCache
 from .tokens import Tokenizer
 
@@ -158,6 +158,7 @@ def superposed(cache: DocCache, n: int, logits: torch.Tensor, tok: Tokenizer, sp
         if anchored and alive[0].anchor and len(alive) > 1:
             rest = torch.softmax(scores[1:] / MIX_TEMP, 0) * (1 - ANCHOR)
             w = torch.cat([torch.tensor([ANCHOR]), rest])
+        _prefetch(spec, [x.d.text for x in alive])  # jedi works while the model runs
         e = net.embed_tokens(torch.tensor([x.d.tokens[-1] for x in alive]))
         xin = (e * w.to(e.dtype)[:, None]).sum(0, keepdim=True)
         slot = n + step
