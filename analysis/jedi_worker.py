@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 NICE = int(os.environ.get("DRAFTLINE_JEDI_NICE", "5"))
 
@@ -26,6 +27,7 @@ def main() -> int:
         pass
     from draftline.analysis.python import PythonAnalyzer, _run_with_overlay
 
+    debug = os.environ.get("DRAFTLINE_LOG", "").lower() == "debug"
     analyzers: dict[tuple, PythonAnalyzer] = {}
     texts: dict[str, tuple[int, str]] = {}
     for line in sys.stdin:
@@ -48,7 +50,11 @@ def main() -> int:
                 if known is not None and known[0] == h:
                     docs[path] = known[1]
             fn = getattr(an, "_" + msg["kind"])
+            t0 = time.perf_counter()
             res = _run_with_overlay(lambda: fn(msg["before"], msg["after"], msg["path"]), docs or None)
+            if debug:
+                print(f"jedi worker: {msg['kind']} {msg['before'][-30:]!r}: {(time.perf_counter() - t0) * 1000:.0f} ms",
+                      file=sys.stderr, flush=True)
             if res is None:
                 reply = {"q": qid, "names": None}
             else:

@@ -426,6 +426,9 @@ class MonitorSession:
         self.heal = heal
         self.start_budget_s = mset.settings.start_budget_s if start_budget_s is None else start_budget_s
         self._start = False  # the step being computed re-types the heal
+        self._no_wait = False  # set while prefetch() runs a step's analysis
+        self._cap: float | None = None  # the wait budget of the step being computed (at(budget_s=))
+        self._missed = False  # that step gave up on a query still running
         self._heal_rest = ""  # what of the heal that step still has to type
         #: seconds spent inside jedi queries (waiting included) by this session
         self.query_s = 0.0
@@ -531,43 +534,59 @@ class MonitorSession:
             if len(self._keys) > 256:
                 self._keys.clear()
             self._keys[rel] = key
+        if self._no_wait:  # a prefetch: start what the step will wait for
+            wait, urgent = False, True
+        budget = max(self.start_budget_s, analyzer.budget_s) if self._start else self._cap
         t = time.perf_counter()
         try:
-            return analyzer.query(kind, before, self.after, path=self.mset.path,
-                                  open_documents=self.mset.open_documents(), key=key,
-                                  wait=wait, budget=max(self.start_budget_s, analyzer.budget_s) if self._start else None,
-                                  urgent=urgent, start=start)
+            got = analyzer.query(kind, before, self.after, path=self.mset.path,
+                                 open_documents=self.mset.open_documents(), key=key,
+                                 wait=wait, budget=budget, urgent=urgent, start=start)
+            if got is None and self._cap is not None and analyzer.pending(kind, key):
+                self._missed = True
+            return got
         finally:
             self.query_s += time.perf_counter() - t
             self.queries += 1
 
     def prefetch(self, draft: str | None = None) -> None:
-        """Start the jedi query the position after ``before + draft`` will need, without
+        """Start the jedi queries the position after ``before + draft`` will need, without
         waiting (default: the cursor, ``before + heal``).  The decoder calls it for each
         draft before the forward whose output that position's mask will filter, so jedi
-        (in its own process) answers while the model runs; with ``dot_lookahead`` "wait"
-        the members after a trailing expression are started too."""
+        (in its own process) answers while the model runs.  For a draft it runs the step's
+        own analysis with every wait turned into a start (so exactly the queries the step
+        will wait for are started, no speculative extra) and keeps no result."""
         if self.language != "python" or self.mset.analyzer is None:
             return
         try:
-            text = self.base + (self.heal if draft is None else draft)
-            pos, _ = self._classify(text)
-            if pos is None:
+            if draft is None:
+                text = self.base + self.heal
+                pos, _ = self._classify(text)
+                if pos is None:
+                    return
+                kind = {"member": ("members", "members"), "kwarg": ("kwargs", "kwargs"),
+                        "module": ("complete", "modules"), "import_name": ("complete", "modules")}.get(pos.kind)
+                if kind is not None and self.mset.enabled(kind[1]):
+                    self.python_query(kind[0], text, pos.anchor, wait=False, urgent=True)
                 return
-            kind = {"member": ("members", "members"), "kwarg": ("kwargs", "kwargs"),
-                    "module": ("complete", "modules"), "import_name": ("complete", "modules")}.get(pos.kind)
-            if kind is not None and self.mset.enabled(kind[1]):
-                self.python_query(kind[0], text, pos.anchor, wait=False, urgent=True)
-            if draft is not None and pos.expr_end and self.dot_lookahead == "wait" and self.mset.enabled("members"):
-                dpos, _ = self._classify(text + ".")
-                if dpos is not None and dpos.kind == "member":
-                    self.python_query("members", text + ".", dpos.anchor, wait=False)
+            if draft in self._steps:
+                return
+            self._no_wait = True
+            self._start = self.heal.startswith(draft)
+            self._heal_rest = self.heal[len(draft):] if self._start else ""
+            try:
+                self._compute(self.base + draft)
+            finally:
+                self._no_wait, self._start, self._heal_rest = False, False, ""
         except Exception:  # analysis must never break decoding
             log.exception("monitor prefetch failed")
 
     # --- the per-step query ---------------------------------------------------------------------
-    def at(self, draft: str) -> StepConstraint | None:
-        """Constraint for the token after ``base + draft``."""
+    def at(self, draft: str, budget_s: float | None = None) -> StepConstraint | None:
+        """Constraint for the token after ``base + draft``.  ``budget_s``: wait at most this
+        long (counted from each query's start) for jedi, instead of the analyzer's per-query
+        budget; an answer still missing then leaves the step unconstrained on that point,
+        and such a partial result is not kept (a later call may know more)."""
         if self.language is None:
             return None
         hit = self._steps.get(draft, _UNSET)
@@ -575,13 +594,17 @@ class MonitorSession:
             return hit  # type: ignore[return-value]
         self._start = self.heal.startswith(draft)
         self._heal_rest = self.heal[len(draft):] if self._start else ""
+        self._cap = None if self._start else budget_s
+        self._missed = False
         try:
             result = self._compute(self.base + draft)
         except Exception:  # analysis must never break decoding
             log.exception("monitor failed; not constraining")
             result = None
         finally:
-            self._start, self._heal_rest = False, ""
+            self._start, self._heal_rest, self._cap = False, "", None
+        if self._missed:
+            return result
         self._steps[draft] = result
         if len(self._steps) > 256:
             self._steps.popitem(last=False)

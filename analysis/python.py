@@ -1027,6 +1027,12 @@ class PythonAnalyzer:
             return None
         return fut.result()
 
+    def pending(self, kind: str, key: tuple) -> bool:
+        """Whether the query (kind, key) was started and has not finished yet."""
+        with self._lock:
+            hit = self._cache.get((kind,) + key)
+        return hit is not None and not hit[0].done()
+
     def warm_up(self) -> Future:
         """Load jedi and the builtins/typeshed stubs in the background (the first query is slow)."""
         return _get_worker(self.isolated).query(self, "members", "import os\nos.path.", "", None, None)

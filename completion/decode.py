@@ -31,9 +31,10 @@ from .tokens import Tokenizer
 
 
 class Guide(Protocol):
-    """Something that restricts the next token given the draft text so far."""
+    """Something that restricts the next token given the draft text so far.  ``budget_s``:
+    how long the guide may wait for slow facts (None: its own default)."""
 
-    def allowed(self, draft: str) -> torch.Tensor | None: ...
+    def allowed(self, draft: str, budget_s: float | None = None) -> torch.Tensor | None: ...
 
 
 class HealGuide:
@@ -43,7 +44,7 @@ class HealGuide:
         self.index = index
         self.heal = heal
 
-    def allowed(self, draft: str) -> torch.Tensor | None:
+    def allowed(self, draft: str, budget_s: float | None = None) -> torch.Tensor | None:
         if len(draft) >= len(self.heal):
             return None
         return self.index.compatible(self.heal[len(draft):])
@@ -122,13 +123,22 @@ class DecodeSpec:
     verify: bool = True  # superposed: exact log-probabilities of the alternatives, incoherent ones dropped
 
 
-def _mask_for(spec: DecodeSpec, draft: str) -> torch.Tensor | None:
+#: how long an analysis may take, from its start, before the mask of a draft other than the
+#: greedy anchor goes without it: the anchor's step waits the analyzer's own budget, but an
+#: alternative is often an incoherent mix (superposed decoding) whose queries jedi answers
+#: slowly (200 ms measured for `patsearch = lambda.compile(`), and the request waited for them.
+#: The queries were started a forward earlier (guides' prefetch), so most answers are in.
+ALT_ANALYSIS_BUDGET_S = 0.05
+
+
+def _mask_for(spec: DecodeSpec, draft: str, anchor: bool = True) -> torch.Tensor | None:
     """AND of every guide's mask for this draft; healing always applies, a monitor mask that
-    leaves nothing allowed is dropped (analysis must never block all continuations)."""
+    leaves nothing allowed is dropped (analysis must never block all continuations).
+    ``anchor`` False: a draft other than the greedy one (analyses wait ALT_ANALYSIS_BUDGET_S)."""
     heal = spec.heal.allowed(draft) if spec.heal is not None else None
     mon: torch.Tensor | None = None
     for g in spec.guides:
-        m = g.allowed(draft)
+        m = g.allowed(draft) if anchor else g.allowed(draft, ALT_ANALYSIS_BUDGET_S)
         if m is not None:
             mon = m if mon is None else (mon & m)
     if mon is not None:

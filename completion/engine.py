@@ -189,11 +189,15 @@ class Engine:
         st.tail_logits = None  # (SyncStats is kept in the Result: not the logits)
         outs = self._finish(pr, drafts, trim)
         t3 = time.perf_counter()
+        timings = {"tokenize": round((t1 - t0) * 1000, 2), "sync": round((t2 - t1) * 1000, 2),
+                   "first_token": round(ds.first_ms, 2), "decode": round(ds.ms, 2),
+                   "total": round((t3 - t0) * 1000, 2)}
+        if spec.guides:  # monitors: their time inside the decode, and the part spent waiting on jedi
+            timings["guides"] = round(sum(getattr(g, "time_s", 0.0) for g in spec.guides) * 1000, 2)
+            timings["jedi"] = round(sum(getattr(g, "query_s", 0.0) for g in spec.guides) * 1000, 2)
         return Result(
             drafts=outs,
-            timings={"tokenize": round((t1 - t0) * 1000, 2), "sync": round((t2 - t1) * 1000, 2),
-                     "first_token": round(ds.first_ms, 2), "decode": round(ds.ms, 2),
-                     "total": round((t3 - t0) * 1000, 2)},
+            timings=timings,
             tokens={"prompt": len(pr.tokens), "generated": ds.tokens, "steps": ds.steps,
                     "computed": st.computed, "stale": cache.stale, "sync_mode": st.mode},
             sync=st,

@@ -342,9 +342,11 @@ class MonitorGuide:
         self.session.prefetch(draft)
         self.time_s += time.perf_counter() - t
 
-    def allowed(self, draft: str) -> torch.Tensor | None:
+    def allowed(self, draft: str, budget_s: float | None = None) -> torch.Tensor | None:
+        """The mask after ``draft``; ``budget_s`` caps the wait for analyses (see
+        MonitorSession.at): the decoder passes it for drafts other than the greedy one."""
         t = time.perf_counter()
-        step = self.session.at(draft)
+        step = self.session.at(draft, budget_s)
         t1 = time.perf_counter()
         self.last_constraint = step
         out = self.masker.mask(step)

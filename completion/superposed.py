@@ -55,6 +55,7 @@ NGRAM_FLOOR = 1e-8  # n-gram probability of a candidate no order supports
 TEMP = 1.0  # temperature of the model term in the score (the paper's code uses 0.06)
 MIX_TEMP = 1.0  # temperature of the draft weights gamma (softmax of scores)
 ANCHOR = 1.0  # > 0: draft 1 is the greedy anchor, mixed with this weight (see module doc)
+PREFETCH = True  # start the next step's analyses (guides' prefetch) before each forward
 EXIT_SLACK = 0.3  # > 0: once the anchor / best draft is done at step s, the rest get s * slack more steps
 CTX = 5  # n-gram context tokens (n = 6)
 VERIFY_MIN_P = 0.05  # verification: an alternative with a later token below this exact probability is dropped
@@ -92,7 +93,7 @@ def superposed(cache: DocCache, n: int, logits: torch.Tensor, tok: Tokenizer, sp
         shared = None
         tops: list[tuple[list[int], list[float]]] = []
         for p in parents:
-            m = _mask_for(spec, p.d.text)
+            m = _mask_for(spec, p.d.text, anchor=p.anchor or not anchored)
             if m is None:
                 if shared is None:
                     shared = torch.log_softmax(z, -1)
@@ -158,7 +159,8 @@ def superposed(cache: DocCache, n: int, logits: torch.Tensor, tok: Tokenizer, sp
         if anchored and alive[0].anchor and len(alive) > 1:
             rest = torch.softmax(scores[1:] / MIX_TEMP, 0) * (1 - ANCHOR)
             w = torch.cat([torch.tensor([ANCHOR]), rest])
-        _prefetch(spec, [x.d.text for x in alive])  # jedi works while the model runs
+        if PREFETCH:
+            _prefetch(spec, [x.d.text for x in alive])  # jedi works while the model runs
         e = net.embed_tokens(torch.tensor([x.d.tokens[-1] for x in alive]))
         xin = (e * w.to(e.dtype)[:, None]).sum(0, keepdim=True)
         slot = n + step

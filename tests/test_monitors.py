@@ -127,6 +127,20 @@ class _SlowAnalyzer(PythonAnalyzer):
         return Completions(frozenset({"join", "sep", "dirname"}), frozenset({"join", "dirname"}))
 
 
+def test_a_capped_step_does_not_wait_long_nor_keep_a_partial_answer():
+    """The decoder caps the analysis wait for drafts other than the greedy one: such a step
+    is answered without the slow fact, and that partial answer is not reused."""
+    an = _SlowAnalyzer(delay=0.3, budget_s=5)
+    s = MonitorSet("python", analyzer=an).session("import os\nx = os.path", "\n")
+    t = time.perf_counter()
+    c = s.at(".", budget_s=0.02)
+    assert time.perf_counter() - t < 0.2
+    assert c is None or c.candidates is None  # members unknown yet: not constrained to a list
+    full = s.at(".")  # the greedy draft's step: waits for the answer
+    assert full.candidates == {"join", "sep", "dirname"}
+    assert an.calls == ["port os\nx = os.path."]  # one query (its last 20 characters), shared by both steps
+
+
 def test_request_start_waits_for_the_members_after_a_healed_dot():
     """The known bug: the prompt heals the trailing ".", so step 0 sees `...os.path` and the token
     `.*` used to pass while the member query was not answered yet."""
