@@ -899,12 +899,6 @@ _worker_lock = threading.Lock()
 ISOLATED = os.environ.get("DRAFTLINE_JEDI", "process") != "thread"
 
 
-def jedi_busy() -> bool:
-    """Whether the jedi child process is working on a query (it then takes a core)."""
-    w = _workers.get(True)
-    return bool(w is not None and w._pending)
-
-
 def _get_worker(isolated: bool | None = None):
     iso = ISOLATED if isolated is None else isolated
     with _worker_lock:

@@ -29,12 +29,6 @@ def monitor_guides(engine, language: str, doc: str, prompt, others: dict[str, st
 
     from .mask import MonitorGuide, TokenMasker
 
-    net = getattr(engine, "net", None)
-    if net is not None and getattr(net, "contention", False) is None:
-        from draftline.analysis import python as py
-
-        if py.ISOLATED:  # jedi in its own process shares the cores with the decoder
-            net.contention = py.jedi_busy
     masker = getattr(engine, "_masker", None)
     if masker is None:
         masker = engine._masker = TokenMasker(engine.tok.pieces)

@@ -12,7 +12,6 @@ token at position i of the document prompt (PIE keeps it that way), draft tokens
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -308,13 +307,6 @@ class Transformer:
                 )
             )
         self.quantized: str | None = None  # None, "int8", "int4", "int4+int8" or a reduced weight dtype
-        #: torch's intra-op threads (its default: the physical cores)
-        self.threads = torch.get_num_threads()
-        #: () -> True while another process works on this machine's cores (the jedi worker):
-        #: forwards then use one thread fewer.  Why: a parallel op waits for its slowest
-        #: thread, and one of two threads sharing a core with jedi makes every op slow
-        #: (edit -> drafts at 2k measured ~80 ms faster, p50 of 9 requests, twice).
-        self.contention: Callable[[], bool] | None = None
 
     # -- weights -----------------------------------------------------------------------
     def quantize_int8(self, int4_where_exact: bool = False) -> None:
@@ -387,10 +379,6 @@ class Transformer:
         Returns logits (fp32) for `logits_rows` of the T outputs, or None if it is None.
         """
         cfg = self.cfg
-        if self.contention is not None and self.threads > 1:
-            want = self.threads - 1 if self.contention() else self.threads
-            if torch.get_num_threads() != want:
-                torch.set_num_threads(want)
         h = self.embed_tokens(x) if x.dtype == torch.long else x.to(self.dtype)
         T = h.shape[0]
         if slots is not None:

@@ -163,22 +163,3 @@ def test_one_row_attention_fast_path_equals_sdpa_and_masks_still_apply(tiny):
     holes[0, 10:20] = False  # e.g. another draft's slots in a batched decode
     masked = net.forward(x, p, k.clone(), v.clone(), 40, mask=holes)
     assert not torch.allclose(masked, fast, atol=1e-3)
-
-
-def test_forward_gives_a_core_to_a_busy_analysis_process(tiny):
-    net = tiny.net
-    before = torch.get_num_threads()
-    saved = net.threads, net.contention
-    try:
-        net.threads = 2
-        busy = {"v": True}
-        net.contention = lambda: busy["v"]
-        k, v = net.new_cache(16)
-        net.forward(torch.tensor([5]), torch.tensor([0]), k, v, 0)
-        assert torch.get_num_threads() == 1
-        busy["v"] = False
-        net.forward(torch.tensor([6]), torch.tensor([1]), k, v, 1)
-        assert torch.get_num_threads() == 2
-    finally:
-        net.threads, net.contention = saved
-        torch.set_num_threads(before)
