@@ -225,6 +225,17 @@ def test_jedi_runs_in_a_child_process_that_is_restarted_when_it_dies(analyzer):
     assert worker._proc is not proc and worker._proc.poll() is None
 
 
+def test_warm_up_lists_common_library_types_ahead_of_the_first_request(monkeypatch):
+    an = PythonAnalyzer(budget_s=20, isolated=False)  # patched in this process
+    an.warm_up().result(timeout=120)
+    listed = []
+    orig = PythonAnalyzer._list_members
+    monkeypatch.setattr(PythonAnalyzer, "_list_members", staticmethod(lambda *a: listed.append(1) or orig(*a)))
+    assert {"append", "pop"} <= members(an, "def f(items=[]):\n    x = [items]\n    return x.")
+    assert {"keys", "items"} <= members(an, "d = {1: 2}\nd.")
+    assert listed == []  # both types were listed at warm-up
+
+
 def test_repeat_queries_hit_the_cache_in_microseconds(analyzer):
     code = "import os\nos.path."
     members(analyzer, code)
