@@ -4,7 +4,8 @@ line per query out on the original stdout; anything else that prints goes to std
 Each query names its analyzer's configuration (workspace root, extra import roots); one
 `PythonAnalyzer` per configuration keeps jedi's caches warm (and the per-type member cache).
 Open documents arrive as {path: [hash, text or null]}: null = the text sent before.
-Runs at a lower CPU priority than the server, whose decoder wants the cores.
+Runs at a lower CPU priority than the server, whose decoder wants the cores (nice 5;
+DRAFTLINE_JEDI_NICE overrides it: 0 vs 5 measured no clear difference, 4 runs at 2k).
 """
 
 from __future__ import annotations
