@@ -20,6 +20,7 @@ Two halves:
 from __future__ import annotations
 
 import itertools
+import json
 import keyword
 import logging
 import os
@@ -818,7 +819,7 @@ class _ProcessWorker:
         self._sent: dict[str, int] = {}  # path -> hash of the text the child holds
 
     def _ensure(self):
-        import json
+        """The live child (started or restarted here); called with the lock held."""
         import subprocess
 
         proc = self._proc
@@ -828,14 +829,24 @@ class _ProcessWorker:
                 return proc
             log.warning("jedi worker stuck for %.0f s; restarting it", time.monotonic() - oldest)
             proc.kill()
+        # the old child's queries die with it (its reader may not have seen the end yet:
+        # left pending, they would count as backlog and as "stuck" against the new child)
+        self._fail(list(self._pending.values()), "jedi worker restarted")
+        self._pending.clear()
         proc = subprocess.Popen([sys.executable, "-P", "-m", "draftline.analysis.jedi_worker"],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, encoding="ascii")
         self._proc = proc
         self._sent = {}
-        threading.Thread(target=self._read, args=(proc, json), name="draftline-jedi-reader", daemon=True).start()
+        threading.Thread(target=self._read, args=(proc,), name="draftline-jedi-reader", daemon=True).start()
         return proc
 
-    def _read(self, proc, json) -> None:
+    @staticmethod
+    def _fail(pending: list[tuple[Future, float]], why: str) -> None:
+        for f, _ in pending:
+            if not f.done():
+                f.set_exception(RuntimeError(why))
+
+    def _read(self, proc) -> None:
         for line in proc.stdout:
             try:
                 msg = json.loads(line)
@@ -852,25 +863,21 @@ class _ProcessWorker:
                 fut.set_result(None)
             else:
                 fut.set_result(Completions(frozenset(msg["names"]), frozenset(msg.get("callables") or ())))
-        # the child is gone: its pending queries are unknown
+        # the child is gone: its pending queries are unknown (unless a restart failed them already)
         with self._lock:
-            dead = [f for f, _ in self._pending.values()] if self._proc is proc or self._proc is None else []
-            if self._proc is proc:
+            dead = list(self._pending.values()) if self._proc is proc else []
+            if dead:
                 self._pending.clear()
-        for f in dead:
-            if not f.done():
-                f.set_exception(RuntimeError("jedi worker exited"))
+        self._fail(dead, "jedi worker exited")
 
     def query(self, analyzer: "PythonAnalyzer", kind: str, before: str, after: str, path: str | None,
               docs: Mapping[str, str] | None) -> Future:
-        import json
-
         fut: Future = Future()
         fut.set_running_or_notify_cancel()
         with self._lock:
+            qid = next(self._ids)
             try:
                 proc = self._ensure()
-                qid = next(self._ids)
                 sent = {}
                 for p, text in (docs or {}).items():
                     h = hash(text)
@@ -882,7 +889,7 @@ class _ProcessWorker:
                 proc.stdin.write(json.dumps(msg) + "\n")
                 proc.stdin.flush()
             except (OSError, ValueError) as e:  # the child died under us: unknown, restart next time
-                self._pending.pop(qid, None) if "qid" in locals() else None
+                self._pending.pop(qid, None)
                 self._sent = {}
                 fut.set_exception(RuntimeError(f"jedi worker unavailable: {e}"))
         return fut

@@ -236,6 +236,24 @@ def test_warm_up_lists_common_library_types_ahead_of_the_first_request(monkeypat
     assert listed == []  # both types were listed at warm-up
 
 
+def test_a_stuck_child_is_replaced_and_its_queries_do_not_linger(analyzer):
+    """A query older than HANG_S makes the next query restart the child; the old child's
+    queries fail at once (left pending they would count as backlog and as stuck forever)."""
+    from concurrent.futures import Future
+
+    worker = py._get_worker(True)
+    assert members(analyzer, "import os\nos.sep.") is not None  # a live child
+    old = worker._proc
+    stuck: Future = Future()
+    stuck.set_running_or_notify_cancel()
+    with worker._lock:
+        worker._pending[-1] = (stuck, time.monotonic() - worker.HANG_S - 1)
+    assert {"append"} <= members(analyzer, "import collections\nq = collections.deque()\nq.")
+    assert worker._proc is not old and old.wait(timeout=10) is not None
+    assert stuck.done() and isinstance(stuck.exception(), RuntimeError)
+    assert -1 not in worker._pending and worker.backlog == 0
+
+
 def test_repeat_queries_hit_the_cache_in_microseconds(analyzer):
     code = "import os\nos.path."
     members(analyzer, code)
