@@ -109,7 +109,35 @@ class Linear:
         return n + (self.bias.numel() * self.bias.element_size() if self.bias is not None else 0)
 
 
-class Int8Linear:
+class _WeightOnlyLinear:
+    """y = x W^T (+ b) for quantized weights and bf16 activations: few rows (decoding, draft
+    trees) run the subclass's GEMV kernel (`_gemv`), many rows (prefill chunks) a bf16 GEMM
+    on the dequantized weights (`_dequantized`), which is faster from ~GEMV_ROWS rows on."""
+
+    GEMV_ROWS = 32
+    out_features: int
+    bias: torch.Tensor | None
+
+    def _gemv(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _dequantized(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        shp = x.shape
+        x2 = x.reshape(-1, shp[-1]).to(torch.bfloat16)
+        if x2.shape[0] <= self.GEMV_ROWS:
+            y = self._gemv(x2)
+        else:
+            y = torch.mm(self._dequantized(), x2.t()).t()
+        y = y.to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias.to(x.dtype)
+        return y.reshape(*shp[:-1], self.out_features)
+
+
+class Int8Linear(_WeightOnlyLinear):
     """Weight-only int8: one scale per output channel, activations kept in bf16, so a
     decode step reads a quarter of fp32's weight bytes without quantizing activations
     (fbgemm's dynamic int8 linear quantizes them too and agreed with fp32 on only 87% of
@@ -120,8 +148,6 @@ class Int8Linear:
     run one GEMM, measured faster than both the int8 kernel and fp32 from ~32 rows on.
     """
 
-    GEMV_ROWS = 32
-
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
         w = weight.float()
         scale = w.abs().amax(dim=1).clamp(min=1e-8) / 127.0
@@ -130,25 +156,18 @@ class Int8Linear:
         self.scale = scale.to(torch.bfloat16).contiguous()
         self.bias = bias.float() if bias is not None else None
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        shp = x.shape
-        x2 = x.reshape(-1, shp[-1]).to(torch.bfloat16)
-        if x2.shape[0] <= self.GEMV_ROWS:
-            y = torch._weight_int8pack_mm(x2, self.qweight, self.scale)
-        else:
-            w = self.qweight.to(torch.bfloat16) * self.scale[:, None]
-            y = torch.mm(w, x2.t()).t()
-        y = y.to(x.dtype)
-        if self.bias is not None:
-            y = y + self.bias.to(x.dtype)
-        return y.reshape(*shp[:-1], self.out_features)
+    def _gemv(self, x: torch.Tensor) -> torch.Tensor:
+        return torch._weight_int8pack_mm(x, self.qweight, self.scale)
+
+    def _dequantized(self) -> torch.Tensor:
+        return self.qweight.to(torch.bfloat16) * self.scale[:, None]
 
     @property
     def nbytes(self) -> int:
         return self.qweight.numel() + self.scale.numel() * self.scale.element_size()
 
 
-class Int4Linear:
+class Int4Linear(_WeightOnlyLinear):
     """Weight-only int4 in groups of 32 input features, used only where it is *lossless*:
     weights that are already 4-bit per group (the default model's GGUF stores every
     projection as Q4_1, w = d * q + m per block of 32, and its dequantized weights give q,
@@ -162,7 +181,6 @@ class Int4Linear:
     """
 
     GROUP = 32
-    GEMV_ROWS = 32
 
     def __init__(self, codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor,
                  bias: torch.Tensor | None = None):
@@ -200,20 +218,13 @@ class Int4Linear:
         except RuntimeError:  # a shape the packing kernel refuses
             return None
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        shp = x.shape
-        x2 = x.reshape(-1, shp[-1]).to(torch.bfloat16)
-        if x2.shape[0] <= self.GEMV_ROWS:
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.GROUP, self.scales_zeros)
-        else:
-            n, k = self.out_features, self.in_features
-            w = torch.addcmul(self.offset, self.codes.reshape(n, k // self.GROUP, self.GROUP).to(torch.bfloat16),
-                              self.scale).reshape(n, k)
-            y = torch.mm(w, x2.t()).t()
-        y = y.to(x.dtype)
-        if self.bias is not None:
-            y = y + self.bias.to(x.dtype)
-        return y.reshape(*shp[:-1], self.out_features)
+    def _gemv(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, self.GROUP, self.scales_zeros)
+
+    def _dequantized(self) -> torch.Tensor:
+        n, k = self.out_features, self.in_features
+        codes = self.codes.reshape(n, k // self.GROUP, self.GROUP).to(torch.bfloat16)
+        return torch.addcmul(self.offset, codes, self.scale).reshape(n, k)
 
     @property
     def nbytes(self) -> int:
