@@ -569,15 +569,8 @@ class MonitorSession:
                 if kind is not None and self.mset.enabled(kind[1]):
                     self.python_query(kind[0], text, pos.anchor, wait=False, urgent=True)
                 return
-            if draft in self._steps:
-                return
-            self._no_wait = True
-            self._start = self.heal.startswith(draft)
-            self._heal_rest = self.heal[len(draft):] if self._start else ""
-            try:
-                self._compute(self.base + draft)
-            finally:
-                self._no_wait, self._start, self._heal_rest = False, False, ""
+            if draft not in self._steps:
+                self._step(draft, no_wait=True)
         except Exception:  # analysis must never break decoding
             log.exception("monitor prefetch failed")
 
@@ -592,23 +585,30 @@ class MonitorSession:
         hit = self._steps.get(draft, _UNSET)
         if hit is not _UNSET:
             return hit  # type: ignore[return-value]
-        self._start = self.heal.startswith(draft)
-        self._heal_rest = self.heal[len(draft):] if self._start else ""
-        self._cap = None if self._start else budget_s
         self._missed = False
         try:
-            result = self._compute(self.base + draft)
+            result = self._step(draft, cap=budget_s)
         except Exception:  # analysis must never break decoding
             log.exception("monitor failed; not constraining")
             result = None
-        finally:
-            self._start, self._heal_rest, self._cap = False, "", None
         if self._missed:
             return result
         self._steps[draft] = result
         if len(self._steps) > 256:
             self._steps.popitem(last=False)
         return result
+
+    def _step(self, draft: str, *, cap: float | None = None, no_wait: bool = False) -> StepConstraint | None:
+        """The analysis of the position after ``base + draft``, with the per-step state
+        (request start, heal still to type, wait cap, prefetch mode) set for its queries."""
+        self._start = self.heal.startswith(draft)
+        self._heal_rest = self.heal[len(draft):] if self._start else ""
+        self._cap = None if self._start else cap
+        self._no_wait = no_wait
+        try:
+            return self._compute(self.base + draft)
+        finally:
+            self._start, self._heal_rest, self._cap, self._no_wait = False, "", None, False
 
     def _classify(self, text: str, *, ident_is_prev: bool = False):
         if self.language == "python":
