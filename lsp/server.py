@@ -267,10 +267,10 @@ class DraftlineServer(LanguageServer):
             if other == uri:
                 continue
             h = self._idle.pop(other, None)
+            if h is not None:
+                h.cancel()
             cancelled = self.scheduler.cancel_doc(other, ("refresh",)) if self._scheduler is not None else 0
             if h is not None or cancelled:
-                if h is not None:
-                    h.cancel()
                 self._idle[other] = loop.call_later(delay, self._refresh_now, other)
 
     def _refresh_now(self, uri: str) -> None:
@@ -309,18 +309,13 @@ class DraftlineServer(LanguageServer):
                 pass  # fall through to a fresh request
         self.defer_other_refreshes(uri)
         t_submit = time.perf_counter()
-        started: list[float] = []
-
-        def run(c: threading.Event):
-            started.append(time.perf_counter())
-            return eng.complete(uri, text, cursor, k=k, cancel=c, trim=make_trim(doc.language_id))
-
-        job = self.scheduler.submit(uri, "complete", run, supersede=("complete", "prepare", "refresh"))
+        job = self.scheduler.submit(uri, "complete", lambda c: eng.complete(
+            uri, text, cursor, k=k, cancel=c, trim=make_trim(doc.language_id)), supersede=("complete", "prepare", "refresh"))
         try:
             res = await job.future
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("completion %s v%d: %.0f ms after submit (queued %.0f ms); engine %s %s", uri, version,
-                          (time.perf_counter() - t_submit) * 1000, ((started or [t_submit])[0] - t_submit) * 1000,
+            if log.isEnabledFor(logging.DEBUG):  # (the scheduler logs the job's queueing time)
+                log.debug("completion %s v%d: %.0f ms after submit; engine %s %s", uri, version,
+                          (time.perf_counter() - t_submit) * 1000,
                           getattr(res, "timings", None), getattr(res, "tokens", None))
         except asyncio.CancelledError:
             job.cancel.set()
