@@ -362,3 +362,58 @@ def test_sys_path_edits_in_the_document_count_only_inside_the_workspace(tmp_path
     # outside the workspace: unknown module -> no constraint (None) or no member from it
     outer = members(an, head + "outer_mod.", path=str(ws / "main.py"))
     assert not outer or "outer_function" not in outer
+
+
+def test_the_child_reads_lines_and_runs_idle_work_only_when_no_query_waits():
+    """jedi_worker._lines: whole lines however the pipe splits them; on_idle() runs when no
+    input came for idle_s, never while lines are waiting."""
+    import threading
+
+    from draftline.analysis.jedi_worker import _lines
+
+    r, w = os.pipe()
+    idle: list[float] = []
+    got: list[bytes] = []
+
+    def writer():
+        os.write(w, b'{"q": 1}\n{"q"')
+        time.sleep(0.05)  # shorter than idle_s: no idle work in between
+        os.write(w, b': 2}\n')
+        time.sleep(0.5)  # longer: idle work once
+        os.write(w, b'{"q": 3}\n')
+        os.close(w)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    for line in _lines(r, 0.2, lambda: idle.append(time.monotonic())):
+        got.append(line)
+    t.join()
+    os.close(r)
+    assert got == [b'{"q": 1}', b'{"q": 2}', b'{"q": 3}']
+    assert len(idle) == 1
+
+
+def test_the_child_freezes_its_warm_heap_and_collects_cycles_when_idle():
+    """The child's collector (in its own interpreter: it changes gc settings): the warm-up's
+    objects leave the collector's sight, full collections wait for idle moments, and cycles
+    made by queries are freed then."""
+    code = """
+import gc, weakref
+from draftline.analysis.jedi_worker import _Collector
+c = _Collector()
+assert gc.get_threshold()[2] == c.FULL_EVERY
+c.ran_query("warm")
+assert gc.get_freeze_count() > 0
+class Node: pass
+a, b = Node(), Node(); a.b, b.a = b, a
+ref = weakref.ref(a); del a, b
+gc.disable()  # only the collector's own collection may free the cycle
+c.ran_query("members")
+assert ref() is not None
+c.idle()
+assert ref() is None
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
