@@ -8,7 +8,7 @@ Runs at a lower CPU priority than the server, whose decoder wants the cores (nic
 DRAFTLINE_JEDI_NICE overrides it: 0 vs 5 measured no clear difference, 4 runs at 2k).
 
 Garbage collection runs on the child's schedule, not the allocator's (`_Collector`): with
-jedi's stub and inference caches loaded, an automatic full collection took 200-730 ms and
+jedi's stub and inference caches loaded, an automatic full collection took 200-830 ms and
 landed inside a query a decode step was waiting for (`self._Section.` 328 ms, 277 of them
 collecting; 43 ms without).
 """
@@ -29,18 +29,27 @@ NICE = int(os.environ.get("DRAFTLINE_JEDI_NICE", "5"))
 class _Collector:
     """When the child collects reference cycles.
 
-    The long-lived heap (builtins and typeshed stubs, the warm-up's library types) is moved
-    out of the collector's sight once warm (`gc.freeze()` after the warm-up job), full
-    collections are left to idle moments (no query waiting for IDLE_S) instead of the
-    allocation count, and young generations stay automatic (cheap).  A child that is never
-    idle still runs a full collection after FULL_EVERY young ones (memory stays bounded).
+    jedi's heap is mostly long-lived (builtins and typeshed stubs, library modules the
+    documents import, their inferred types), and a full collection walks all of it: 200-830
+    ms, landing inside a query a decode step waited for.  So:
+    - full collections run in idle moments (no query for IDLE_S), not by allocation count;
+    - what survives one is frozen (`gc.freeze()`): the next idle collection walks only
+      what the queries since made (measured 15-50 ms instead of 200-500 ms);
+    - frozen objects that later became garbage (an old parse tree of an edited document) are
+      freed by a thaw (unfreeze + full collection) after THAW_EVERY freezes, once the child
+      has been idle for DEEP_IDLE_S, or at the next idle moment once 4 x THAW_EVERY
+      freezes have gone by without such a pause (memory stays bounded);
+    - a child that is never idle still collects fully after FULL_EVERY young collections.
     """
 
     IDLE_S = 1.0
+    DEEP_IDLE_S = 5.0
+    THAW_EVERY = 20
     FULL_EVERY = 400  # generation-1 collections between automatic full ones (default: 10)
 
     def __init__(self, log: Callable[[str], None] | None = None) -> None:
         self.dirty = False
+        self.freezes = 0  # since the last thaw
         self.log = log
         self._t0 = 0.0
         g0, g1, _ = gc.get_threshold()
@@ -56,19 +65,31 @@ class _Collector:
 
     def ran_query(self, kind: str) -> None:
         self.dirty = True
-        if kind == "warm":  # what the warm-up loaded stays for the child's life
-            gc.collect()
-            gc.freeze()
-            self.dirty = False
+        if kind == "warm":  # the stubs the warm-up loaded stay for the child's life
+            self._collect_and_freeze()
 
-    def idle(self) -> None:
+    def _collect_and_freeze(self) -> None:
+        gc.collect()
+        gc.freeze()
+        self.freezes += 1
+        self.dirty = False
+
+    def idle(self, deep: bool = False) -> float | None:
+        """Run at IDLE_S without input (deep: DEEP_IDLE_S); returns the seconds of further
+        quiet after which to call it again (deep), or None."""
+        if deep or self.freezes >= 4 * self.THAW_EVERY:
+            gc.unfreeze()
+            self._collect_and_freeze()
+            self.freezes = 0
+            return None
         if self.dirty:
-            gc.collect()
-            self.dirty = False
+            self._collect_and_freeze()
+        return self.DEEP_IDLE_S - self.IDLE_S if self.freezes >= self.THAW_EVERY else None
 
 
-def _lines(fd: int, idle_s: float, on_idle: Callable[[], None]) -> Iterator[bytes]:
-    """Lines read from `fd`; `on_idle()` runs whenever no input came for `idle_s`."""
+def _lines(fd: int, idle_s: float, on_idle: Callable[[bool], float | None]) -> Iterator[bytes]:
+    """Lines read from `fd`.  After `idle_s` without input `on_idle(False)` runs; if it
+    returns a number of seconds and no input comes for that long either, `on_idle(True)`."""
     buf = bytearray()
     while True:
         nl = buf.find(b"\n")
@@ -77,10 +98,11 @@ def _lines(fd: int, idle_s: float, on_idle: Callable[[], None]) -> Iterator[byte
             del buf[: nl + 1]
             yield line
             continue
-        ready, _, _ = select.select([fd], [], [], idle_s)
-        if not ready:
-            on_idle()
-            select.select([fd], [], [])
+        wait: float | None = idle_s
+        deep = False
+        while not select.select([fd], [], [], wait)[0]:
+            wait = on_idle(deep)
+            deep = True
         chunk = os.read(fd, 1 << 20)
         if not chunk:
             return

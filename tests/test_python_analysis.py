@@ -365,53 +365,71 @@ def test_sys_path_edits_in_the_document_count_only_inside_the_workspace(tmp_path
 
 
 def test_the_child_reads_lines_and_runs_idle_work_only_when_no_query_waits():
-    """jedi_worker._lines: whole lines however the pipe splits them; on_idle() runs when no
-    input came for idle_s, never while lines are waiting."""
+    """jedi_worker._lines: whole lines however the pipe splits them; on_idle(False) runs
+    when no input came for idle_s, never while lines are waiting; on_idle(True) only after
+    the further quiet time the first call asked for."""
     import threading
 
     from draftline.analysis.jedi_worker import _lines
 
     r, w = os.pipe()
-    idle: list[float] = []
+    idle: list[bool] = []
     got: list[bytes] = []
+
+    def on_idle(deep: bool) -> float | None:
+        idle.append(deep)
+        return None if deep or len(idle) > 1 else 0.3
 
     def writer():
         os.write(w, b'{"q": 1}\n{"q"')
         time.sleep(0.05)  # shorter than idle_s: no idle work in between
         os.write(w, b': 2}\n')
-        time.sleep(0.5)  # longer: idle work once
+        time.sleep(0.7)  # idle work, then deep idle work 0.3 s later
         os.write(w, b'{"q": 3}\n')
+        time.sleep(0.3)  # idle work (its answer: no deep call)
+        os.write(w, b'{"q": 4}\n')
         os.close(w)
 
     t = threading.Thread(target=writer)
     t.start()
-    for line in _lines(r, 0.2, lambda: idle.append(time.monotonic())):
+    for line in _lines(r, 0.15, on_idle):
         got.append(line)
     t.join()
     os.close(r)
-    assert got == [b'{"q": 1}', b'{"q": 2}', b'{"q": 3}']
-    assert len(idle) == 1
+    assert got == [b'{"q": 1}', b'{"q": 2}', b'{"q": 3}', b'{"q": 4}']
+    assert idle == [False, True, False]
 
 
-def test_the_child_freezes_its_warm_heap_and_collects_cycles_when_idle():
-    """The child's collector (in its own interpreter: it changes gc settings): the warm-up's
-    objects leave the collector's sight, full collections wait for idle moments, and cycles
-    made by queries are freed then."""
+def test_the_child_freezes_what_survives_and_collects_cycles_when_idle():
+    """The child's collector (in its own interpreter: it changes gc settings): survivors
+    of an idle collection leave the collector's sight, full collections wait for idle
+    moments, cycles made by queries are freed then, and a deep idle thaws and frees what
+    became garbage while frozen."""
     code = """
 import gc, weakref
 from draftline.analysis.jedi_worker import _Collector
 c = _Collector()
 assert gc.get_threshold()[2] == c.FULL_EVERY
-c.ran_query("warm")
-assert gc.get_freeze_count() > 0
+gc.disable()  # only the collector's own collections may free anything
 class Node: pass
-a, b = Node(), Node(); a.b, b.a = b, a
-ref = weakref.ref(a); del a, b
-gc.disable()  # only the collector's own collection may free the cycle
+def cycle():
+    a, b = Node(), Node(); a.b, b.a = b, a
+    return a
+kept = cycle()
+c.ran_query("warm")
+frozen = gc.get_freeze_count()
+assert frozen > 0
+a = cycle(); ref = weakref.ref(a); del a
 c.ran_query("members")
 assert ref() is not None
-c.idle()
-assert ref() is None
+assert c.idle() is None
+assert ref() is None and gc.get_freeze_count() >= frozen
+old = weakref.ref(kept); del kept  # garbage now, but frozen
+for _ in range(c.THAW_EVERY):
+    c.ran_query("members"); wait = c.idle()
+assert old() is not None and wait == c.DEEP_IDLE_S - c.IDLE_S
+assert c.idle(deep=True) is None
+assert old() is None and c.freezes == 0
 print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
