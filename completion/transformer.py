@@ -392,9 +392,15 @@ class Transformer:
         cfg = self.cfg
         h = self.embed_tokens(x) if x.dtype == torch.long else x.to(self.dtype)
         T = h.shape[0]
+        split = 0
         if slots is not None:
             S = int(slots[-1]) + 1
             mask = torch.arange(S)[None, :] <= slots[:, None]
+            if T > 1 and int(slots[-2]) + 1 < S - 1:
+                # an edit's tokens mid-file plus the prompt's last token: the edit's rows
+                # attend to the slots up to their own only (SDPA over that prefix), the
+                # last row to all (one-row attention): 19 vs 25 ms for 14 rows at 2k here
+                split = int(slots[-2]) + 1
         else:
             S = start + T
         if mask is None and T > 1:
@@ -418,6 +424,17 @@ class Transformer:
                 v_cache[li].index_copy_(1, slots, v)
             if T == 1 and mask is None:
                 o = _attend_one(q, k_cache[li, :, :S], v_cache[li, :, :S], nkv, hd)
+            elif split:
+                o = torch.cat([
+                    F.scaled_dot_product_attention(
+                        q[:, :-1].unsqueeze(0),
+                        k_cache[li, :, :split].unsqueeze(0),
+                        v_cache[li, :, :split].unsqueeze(0),
+                        attn_mask=mask[:-1, :split],
+                        enable_gqa=nh != nkv,
+                    )[0],
+                    _attend_one(q[:, -1:], k_cache[li, :, :S], v_cache[li, :, :S], nkv, hd),
+                ], 1)
             else:
                 o = F.scaled_dot_product_attention(
                     q.unsqueeze(0),
