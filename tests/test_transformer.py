@@ -118,6 +118,25 @@ def test_int4_only_where_exact_and_equal_to_fp32():
     assert Int4Linear.exact(torch.randn(n, 100)) is None  # no whole groups
 
 
+@pytest.mark.parametrize("approx", ["int8", "int4"])
+def test_rescored_head_gives_exact_logits_for_its_top_rows(approx):
+    """RescoredHead: a quantized first pass, then the `top` best rows recomputed exactly:
+    those logits equal the exact head's, the rest stay approximations."""
+    from draftline.completion.transformer import Int4Linear, Int8Linear, RescoredHead
+
+    torch.manual_seed(0)
+    w = torch.randn(512, 64)
+    head = RescoredHead(w, top=16, approx=approx)
+    assert isinstance(head.approx, Int4Linear if approx == "int4" else Int8Linear)
+    x = torch.randn(3, 64)
+    out, exact = head(x), x @ w.t()
+    assert torch.equal(out.argmax(-1), exact.argmax(-1))
+    idx = head.approx(x).float().topk(16, dim=-1).indices
+    assert torch.allclose(out.gather(1, idx), exact.gather(1, idx), atol=1e-4)
+    rest = torch.ones_like(out, dtype=torch.bool).scatter_(1, idx, False)
+    assert not torch.allclose(out[rest], exact[rest], atol=1e-4)  # (approximations there)
+
+
 def test_int4_falls_back_to_int8_for_weights_that_are_not_4_bit(tiny_dir):
     from draftline.completion import model as M
 
@@ -127,7 +146,8 @@ def test_int4_falls_back_to_int8_for_weights_that_are_not_4_bit(tiny_dir):
 
 def test_default_quantization_agrees_with_fp32_on_real_code(default_model_dir):
     """The default path (auto: int4 where the weights are 4-bit, all of the default model's
-    projections; int8 head) keeps fp32's next token on real code."""
+    projections; the head int4 with its top rows rescored exactly) keeps fp32's next token
+    on real code."""
     from conftest import stdlib_source
     from draftline.completion import model as M
 
