@@ -231,9 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     # before sleeping: after every forward they kept one core busy while the decoder waited
     # for jedi (its process, at a lower priority, got a quarter of that core).  10,000 spins
     # keep a decode step's back-to-back regions as fast (16.5-18.2 vs 16.9-17.1 ms at 2k, two
-    # runs each) and hand the core back within ~0.3 ms; the cold 2k open over LSP took
-    # 9.6-9.8 s vs 10.6-10.9 s (jedi's warm-up runs beside it).  Read when libgomp loads:
-    # set before torch.
+    # runs each) and hand the core back within ~0.3 ms.  Measured over LSP at 2k: the decode's
+    # jedi waits fell on each of the five requests that had them (e.g. 124 -> 97, 77 -> 50
+    # ms); the p50 itself moved less than this machine's run-to-run noise (A/B of four full
+    # runs).  Read when libgomp loads: set before torch.
     os.environ.setdefault("GOMP_SPINCOUNT", "10000")
     return a.fn(a)
 
