@@ -21,17 +21,25 @@ def warm_up(wait: float | None = None) -> None:
             log.warning("jedi warm-up did not finish in %.0f s", wait)
 
 
+def token_masker(engine):
+    """The engine's vocabulary index for monitor masks (built once, ~0.1 s)."""
+    from .mask import TokenMasker
+
+    masker = getattr(engine, "_masker", None)
+    if masker is None:
+        masker = engine._masker = TokenMasker(engine.tok.pieces)
+    return masker
+
+
 def monitor_guides(engine, language: str, doc: str, prompt, others: dict[str, str], settings) -> list:
     """Guides for one request: empty when monitors are off or the language is unknown."""
     if not getattr(settings, "enabled", True):
         return []
     from draftline.analysis.monitors import MonitorSet, MonitorSettings
 
-    from .mask import MonitorGuide, TokenMasker
+    from .mask import MonitorGuide
 
-    masker = getattr(engine, "_masker", None)
-    if masker is None:
-        masker = engine._masker = TokenMasker(engine.tok.pieces)
+    masker = token_masker(engine)
     ms = MonitorSettings(**{k: getattr(settings, k) for k in ("members", "names", "kwargs", "modules", "scopes")})
     mon = MonitorSet(language=language, path=doc, settings=ms, other_documents=others)
     # the draft re-types the healed text first, so the monitor reads from the prompt's end

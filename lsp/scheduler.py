@@ -82,6 +82,7 @@ class Scheduler:
         self.max_restarts = max_restarts
         self.on_disabled = on_disabled
         self.on_memory_error = on_memory_error  # run on the worker: free caches before the next job
+        self.on_idle: Callable[[], None] | None = None  # run on the worker after IDLE_S without jobs
         self.disabled_reason: str | None = None
         self.stopped = False
         self.jobs_run = 0
@@ -203,9 +204,23 @@ class Scheduler:
         except RuntimeError:  # loop closed during shutdown
             pass
 
+    IDLE_S = 1.0
+
+    def _next(self) -> Job | None:
+        """The next job; `on_idle()` runs once whenever the queue stayed empty for IDLE_S."""
+        try:
+            return self.q.get(timeout=self.IDLE_S if self.on_idle is not None else None)[2]
+        except queue.Empty:
+            pass
+        try:
+            self.on_idle()  # type: ignore[misc]
+        except Exception:
+            log.exception("idle-time work failed")
+        return self.q.get()[2]
+
     def _run(self) -> None:
         while True:
-            _, _, job = self.q.get()
+            job = self._next()
             if job is None or self.disabled_reason is not None:
                 return
             with self.lock:

@@ -151,3 +151,70 @@ def test_parse_budget():
     assert time.perf_counter() - t0 < 1.0
     small = SyntaxDocument("def f():\n    return 1\n", "python")
     assert small.tree is not None
+
+
+def test_the_worker_runs_idle_work_once_per_quiet_period(monkeypatch):
+    """Scheduler.on_idle (the server's malloc trim) runs on the worker after IDLE_S without
+    jobs, once per quiet period, never between back-to-back jobs."""
+    import asyncio
+
+    from draftline.lsp.scheduler import Scheduler
+
+    monkeypatch.setattr(Scheduler, "IDLE_S", 0.15)
+    calls: list[float] = []
+
+    async def main():
+        sch = Scheduler(asyncio.get_running_loop())
+        sch.on_idle = lambda: calls.append(time.monotonic())
+        for _ in range(5):  # back to back: no idle work in between
+            await sch.submit(None, "other", lambda cancel: time.sleep(0.03)).future
+        n0 = len(calls)
+        await asyncio.sleep(0.5)
+        n1 = len(calls)
+        await sch.submit(None, "other", lambda cancel: None).future
+        await asyncio.sleep(0.5)
+        sch.stop()
+        return n0, n1, len(calls)
+
+    n0, n1, n2 = asyncio.run(main())
+    assert (n0, n1, n2) == (0, 1, 2)
+
+
+def test_malloc_trim_runs_only_after_rss_grew(monkeypatch):
+    """MallocTrimmer: no trim while RSS stays near its base (a trim would only make the next
+    request fault its temporaries in again); one trim once it grew by GROWTH."""
+    from draftline.lsp import lifecycle
+
+    rss = [500 * 2**20]
+    trims: list[int] = []
+
+    class FakeLibc:
+        def malloc_trim(self, pad):
+            trims.append(pad)
+            rss[0] -= 100 * 2**20
+            return 1
+
+    monkeypatch.setattr(lifecycle, "rss_bytes", lambda: rss[0])
+    monkeypatch.setattr(lifecycle, "_libc", lambda: FakeLibc())
+    t = lifecycle.MallocTrimmer()
+    t()  # base
+    rss[0] += t.GROWTH // 2
+    t()
+    assert trims == []
+    rss[0] += t.GROWTH
+    t()
+    assert trims == [0] and t.base == rss[0]
+    t()
+    assert trims == [0]
+
+
+def test_the_loaded_engine_is_out_of_the_cycle_collectors_sight():
+    """After the model loads, the server freezes what it built (gc.freeze): a full
+    collection then no longer walks the vocabulary indexes inside a request."""
+    with RawServer("steps:2,delay_ms:1") as s:
+        s.initialize()
+        s.open("file:///work/gc/a.py", "x = 1\n")
+        s.inline("file:///work/gc/a.py", 0, 5)  # waits for the model
+        s.drain(60)
+        assert s.status()["gc_frozen"] > 1000
+        assert s.shutdown_and_exit() == 0
