@@ -34,7 +34,7 @@ class _Collector:
     ms, landing inside a query a decode step waited for.  So:
     - full collections run in idle moments (no query for IDLE_S), not by allocation count;
     - what survives one is frozen (`gc.freeze()`): the next idle collection walks only
-      what the queries since made (measured 15-50 ms instead of 200-500 ms);
+      what the queries since made (measured 15-140 ms instead of 200-830 ms);
     - frozen objects that later became garbage (an old parse tree of an edited document) are
       freed by a thaw (unfreeze + full collection) after THAW_EVERY freezes, once the child
       has been idle for DEEP_IDLE_S, or at the next idle moment once 4 x THAW_EVERY

@@ -304,8 +304,8 @@ class DocCache:
             # in pieces of MOVE_CHUNK slots, in the same order as the blocks (a left move
             # ascending, a right one descending), each piece's source copied first (a move
             # overlaps its own destination): whole-run copies of a 2k-token cache were 23-44
-            # MB each, fresh pages from the OS every time (16-21k page faults, +30-110 ms
-            # per sync here); pieces of a few MB are reused from the heap
+            # MB each, above glibc's largest mmap threshold, so fresh pages from the OS on
+            # every sync (16-21k page faults); pieces of ~3 MB are reused from the heap
             starts = range(0, b.size, MOVE_CHUNK)
             for o in (starts if b.shift < 0 else reversed(starts)):
                 c = min(MOVE_CHUNK, b.size - o)
