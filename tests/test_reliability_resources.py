@@ -13,8 +13,9 @@ from draftline.lsp.testing import RawServer
 
 # Growth after the documents are open. The 50 texts turn from 1 to 4 bytes per character
 # with their first non-ASCII edit (+20 MB, twice while the engine holds the previous
-# version); the rest is allocator slack (lsp/lifecycle.tune_malloc keeps it to tens of MB;
-# without it 1000 edits cost 150-280 MB). A leak of one text per edit would be 400 MB.
+# version); the rest is allocator slack (glibc's moving mmap threshold alone cost 150-280 MB
+# per 1000 edits; lsp/lifecycle fixes the threshold and MallocTrimmer returns free heap pages
+# when the worker idles). A leak of one text per edit would be 400 MB.
 RSS_GROWTH_BUDGET = 128 * 2**20
 RSS_BUDGET = 640 * 2**20  # absolute (torch alone is ~250 MB of it)
 
