@@ -470,6 +470,14 @@ def rss_bytes() -> int:
         return 0
 
 
+def malloc_trim() -> bool:
+    """Return free heap pages to the OS now (glibc; False elsewhere)."""
+    try:
+        return bool(_libc().malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
 class MallocTrimmer:
     """Idle-time `malloc_trim(0)` (free heap pages back to the OS), only once RSS has grown
     GROWTH bytes past what it was after the last trim: trimming also returns the free pages
@@ -489,10 +497,7 @@ class MallocTrimmer:
         if not self.base or rss < self.base:
             self.base = rss
         elif rss - self.base > self.GROWTH:
-            try:
-                _libc().malloc_trim(0)
-            except (OSError, AttributeError):
-                return
+            malloc_trim()
             self.trims += 1
             self.base = rss_bytes() or rss
             log.debug("malloc_trim: RSS %d -> %d MB", rss >> 20, self.base >> 20)

@@ -27,7 +27,7 @@ from draftline.completion.kvcache import Cancelled
 
 from .config import Settings
 from .documents import MAX_DOCUMENT_CHARS, DocumentError, Documents
-from .lifecycle import MallocTrimmer, malloc_tuned
+from .lifecycle import MallocTrimmer, malloc_trim, malloc_tuned
 from .protocol import DraftlineProtocol
 from .scheduler import Scheduler
 
@@ -136,6 +136,8 @@ class DraftlineServer(LanguageServer):
             gc.unfreeze()
             gc.collect()
             gc.freeze()
+            if malloc_tuned():  # the load's temporaries (GGUF read, quantization): back to the OS
+                malloc_trim()
             return engine
 
         job = self.scheduler.submit(None, "load", load)
