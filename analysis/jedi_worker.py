@@ -60,8 +60,8 @@ class _Collector:
     def _timed(self, phase: str, info: dict) -> None:
         if phase == "start":
             self._t0 = time.perf_counter()
-        elif (ms := (time.perf_counter() - self._t0) * 1000) > 5 and self.log is not None:
-            self.log(f"gc generation {info['generation']}: {ms:.0f} ms")
+        elif (ms := (time.perf_counter() - self._t0) * 1000) > 5:
+            self.log(f"gc generation {info['generation']}: {ms:.0f} ms")  # type: ignore[misc]
 
     def ran_query(self, kind: str) -> None:
         self.dirty = True
@@ -109,6 +109,10 @@ def _lines(fd: int, idle_s: float, on_idle: Callable[[bool], float | None]) -> I
         buf += chunk
 
 
+def _debug_line(m: str) -> None:
+    print(f"jedi worker: {m}", file=sys.stderr, flush=True)
+
+
 def main() -> int:
     out = os.fdopen(os.dup(1), "w", encoding="ascii")
     os.dup2(2, 1)  # jedi or a plugin printing must not corrupt the answers
@@ -119,8 +123,8 @@ def main() -> int:
         pass
     from draftline.analysis.python import PythonAnalyzer, _run_with_overlay
 
-    debug = os.environ.get("DRAFTLINE_LOG", "").lower() == "debug"
-    collector = _Collector((lambda m: print(f"jedi worker: {m}", file=sys.stderr, flush=True)) if debug else None)
+    debug = _debug_line if os.environ.get("DRAFTLINE_LOG", "").lower() == "debug" else None
+    collector = _Collector(debug)
     analyzers: dict[tuple, PythonAnalyzer] = {}
     texts: dict[str, tuple[int, str]] = {}
     for line in _lines(sys.stdin.fileno(), collector.IDLE_S, collector.idle):
@@ -145,9 +149,8 @@ def main() -> int:
             fn = getattr(an, "_" + msg["kind"])
             t0 = time.perf_counter()
             res = _run_with_overlay(lambda: fn(msg["before"], msg["after"], msg["path"]), docs or None)
-            if debug:
-                print(f"jedi worker: {msg['kind']} {msg['before'][-30:]!r}: {(time.perf_counter() - t0) * 1000:.0f} ms",
-                      file=sys.stderr, flush=True)
+            if debug is not None:
+                debug(f"{msg['kind']} {msg['before'][-30:]!r}: {(time.perf_counter() - t0) * 1000:.0f} ms")
             if res is None:
                 reply = {"q": qid, "names": None}
             else:

@@ -488,7 +488,6 @@ class MallocTrimmer:
 
     def __init__(self) -> None:
         self.base = 0
-        self.trims = 0
 
     def __call__(self) -> None:
         rss = rss_bytes()
@@ -498,7 +497,6 @@ class MallocTrimmer:
             self.base = rss
         elif rss - self.base > self.GROWTH:
             malloc_trim()
-            self.trims += 1
             self.base = rss_bytes() or rss
             log.debug("malloc_trim: RSS %d -> %d MB", rss >> 20, self.base >> 20)
 
