@@ -38,6 +38,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
     if a.model:
         s.model = a.model
     ls = build_server(s, test_mode=a.test_mode)
+    if a.client_process_id:
+        ls.process_id = a.client_process_id  # watched until initialize names one
     if a.tcp:
         from .lifecycle import run_tcp
 
@@ -193,17 +195,27 @@ def cmd_model(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="draftline", description="LSP inline code completion from a local model")
-    p.add_argument("--log-level", default=os.environ.get("DRAFTLINE_LOG", "INFO"))
+    # --log-level is accepted before and after the subcommand: editors append their flags
+    # to `draftline serve` (VS Code's debug run adds `--log-level DEBUG` after it)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", default=argparse.SUPPRESS)
+    p = argparse.ArgumentParser(prog="draftline", description="LSP inline code completion from a local model",
+                                parents=[common])
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    s = sub.add_parser("serve", help="run the language server (stdio by default)")
+    s = sub.add_parser("serve", help="run the language server (stdio by default)", parents=[common])
     s.add_argument("--tcp", metavar="HOST:PORT")
+    # what language clients append on their own: vscode-languageclient adds `--stdio` for
+    # the stdio transport (without it the server exited at start inside a real VS Code);
+    # `--clientProcessId=N` is its way of naming the editor's pid (exit when it is gone)
+    s.add_argument("--stdio", action="store_true", help="talk LSP over stdin/stdout (the default)")
+    s.add_argument("--clientProcessId", "--client-process-id", dest="client_process_id", type=int,
+                   metavar="PID", help="exit when this process (the editor) is gone")
     s.add_argument("--model", help="HF model directory or .gguf file (default: SmolLM2-135M)")
     s.add_argument("--test-mode", action="store_true", help=argparse.SUPPRESS)
     s.set_defaults(fn=cmd_serve)
 
-    c = sub.add_parser("complete", help="print drafts for FILE:LINE:COL (1-based), headless")
+    c = sub.add_parser("complete", help="print drafts for FILE:LINE:COL (1-based), headless", parents=[common])
     c.add_argument("target")
     c.add_argument("-k", type=int, default=3)
     c.add_argument("--max-tokens", type=int, default=48)
@@ -214,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--json", action="store_true")
     c.set_defaults(fn=cmd_complete)
 
-    m = sub.add_parser("model", help="fetch the default model or show what loads")
+    m = sub.add_parser("model", help="fetch the default model or show what loads", parents=[common])
     m.add_argument("action", choices=["fetch", "info"])
     m.add_argument("--model")
     m.add_argument("--force", action="store_true")
@@ -222,11 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--json", action="store_true")
     m.set_defaults(fn=cmd_model)
 
-    d = sub.add_parser("demo", help="complete a few cursors of a standard-library file, headless")
+    d = sub.add_parser("demo", help="complete a few cursors of a standard-library file, headless", parents=[common])
     d.add_argument("--model")
     d.set_defaults(fn=cmd_demo)
 
     a = p.parse_args(argv)
+    if not hasattr(a, "log_level"):
+        a.log_level = os.environ.get("DRAFTLINE_LOG", "INFO")
     # torch's OpenMP workers spin ~300,000 pause loops (~10 ms) after each parallel region
     # before sleeping: after every forward they kept one core busy while the decoder waited
     # for jedi (its process, at a lower priority, got a quarter of that core).  10,000 spins

@@ -385,6 +385,11 @@ class RawServer:
         """The fake engine's counters (status "model"); {} until the engine is loaded."""
         return self.status().get("model") or {}
 
+    def loaded_engine_info(self, timeout: float = 30.0) -> dict:
+        """engine_info() once the engine has loaded (it loads in the background after
+        `initialized`: reading a counter before that read {} and raced the load)."""
+        return self.until(lambda: (i := self.engine_info()) and "calls" in i and i, timeout)
+
     def wait(self, mid: Any, timeout: float = 30.0) -> dict:
         return self.wait_for(lambda: (self.responses.get(mid) or [None])[0], timeout)
 

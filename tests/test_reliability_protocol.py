@@ -338,6 +338,29 @@ def test_exits_when_the_editor_process_dies():
         parent.wait()
 
 
+@pytest.mark.parametrize("extra", [("--stdio",), ("--log-level", "DEBUG", "--stdio")])
+def test_starts_with_the_flags_vscode_languageclient_appends(extra):
+    """vscode-languageclient starts `serverPath serve` + `--stdio` (stdio transport); its
+    debug run adds `--log-level DEBUG` after `serve`.  The server exited at once on them
+    ("unrecognized arguments: --stdio"): a VS Code user got no suggestion at all."""
+    with RawServer(args=extra) as s:
+        r = s.initialize()
+        assert r["capabilities"]["inlineCompletionProvider"] is not None
+        assert s.shutdown_and_exit() == 0
+
+
+def test_client_process_id_flag_is_watched_before_initialize():
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        with RawServer(args=("--stdio", f"--clientProcessId={parent.pid}")) as s:
+            assert s.alive()
+            os.kill(parent.pid, signal.SIGKILL)
+            assert s.proc.wait(15) == 1  # no initialize was needed to know the editor's pid
+    finally:
+        parent.kill()
+        parent.wait()
+
+
 # -- logging hygiene ---------------------------------------------------------------------------
 def test_no_document_text_on_stderr_at_default_level(tmp_path):
     err_path = str(tmp_path / "stderr.txt")

@@ -95,10 +95,10 @@ def test_documents_over_the_model_limit_never_reach_the_engine():
         s.initialize()
         uri = "file:///work/huge.txt"
         s.open(uri, "a" * (MAX_DOCUMENT_CHARS + 1))
-        calls = s.engine_info().get("calls", 0)
+        calls = s.loaded_engine_info()["calls"]
         r = s.wait(s.inline(uri, 0, 10))
         assert r["result"]["items"] == []
-        assert s.engine_info()["calls"] == calls
+        assert s.loaded_engine_info()["calls"] == calls
         assert s.shutdown_and_exit() == 0
 
 
