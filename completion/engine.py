@@ -12,6 +12,8 @@ import logging
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
 
 from .decode import DecodeSpec, HealGuide, PieceIndex, decode
 from .kvcache import CacheStore, DocCache, SyncStats
@@ -39,6 +41,18 @@ class EngineConfig:
     # model alone: bench/drafts.py found the true line more often without it (k=3: 0.333 vs
     # 0.267 on 30 tasks, 0.233 vs 0.200 on 60) at a lower cost
     ngram_weight: float = 0.0
+
+
+@dataclass(frozen=True)
+class DocContext:
+    """What a request's analysis reads besides its own text, copied on the event loop when
+    the job is queued: a job never reads the server's live tables (the monitors once walked
+    the open-document table on the worker thread, and a didOpen / didClose at that moment
+    failed the completion with "dictionary changed size during iteration")."""
+
+    language: str = ""
+    others: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # uri -> text
+    monitors: Any = None  # a copy of the monitor settings (None: the defaults)
 
 
 @dataclass
@@ -93,7 +107,7 @@ class Engine:
         self.caches = CacheStore(self.net, self.config.cache_budget_mb * 2**20)
         self.texts: dict[str, TokenizedText] = {}
         self.pieces = PieceIndex(self.tok)
-        self.guide_factory = None  # set by the server: (doc, prompt) -> list[Guide]
+        self.guide_factory = None  # set by the server: (doc, prompt, DocContext) -> list[Guide]
         self.ngram = None  # completion.ngram.NGram of the workspace, set by the server
         self.retokenized_chars = 0
 
@@ -160,13 +174,15 @@ class Engine:
     # -- completion -----------------------------------------------------------------------
     def complete(self, doc: str, text: str, cursor: int, *, k: int | None = None,
                  max_tokens: int | None = None, cancel: threading.Event | None = None,
-                 method: str | None = None, guides: list | None = None, trim=None) -> Result:
-        """Drafts for the cursor at character offset `cursor` of `text`."""
+                 method: str | None = None, guides: list | None = None, trim=None,
+                 context: DocContext | None = None) -> Result:
+        """Drafts for the cursor at character offset `cursor` of `text`; `context`: the
+        snapshot the monitors read (language, other open documents)."""
         cfg = self.config
         t0 = time.perf_counter()
         pr = self.prompt_for(doc, text, cursor)
         if guides is None and self.guide_factory is not None and cfg.monitors:
-            guides = self.guide_factory(doc, pr)  # starts the cursor's jedi query: it runs during the sync
+            guides = self.guide_factory(doc, pr, context or DocContext())  # starts the cursor's jedi query: it runs during the sync
         t1 = time.perf_counter()
         st = self._sync(doc, pr, cancel, with_tail=True)
         t2 = time.perf_counter()

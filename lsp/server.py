@@ -10,6 +10,7 @@ is still at that version (else an empty result: never a stale edit).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import os
@@ -25,7 +26,7 @@ from pygls.lsp.server import LanguageServer
 
 from draftline.completion.kvcache import Cancelled
 
-from .config import Settings
+from .config import MonitorSettings, Settings
 from .documents import MAX_DOCUMENT_CHARS, DocumentError, Documents
 from .lifecycle import MallocTrimmer, malloc_trim, malloc_tuned
 from .protocol import DraftlineProtocol
@@ -199,6 +200,16 @@ class DraftlineServer(LanguageServer):
         if ng is not None and d is not None and not d.binary and len(d.text) <= MAX_DOCUMENT_CHARS:
             ng.update_text(uri, d.text)
 
+    def context_of(self, doc) -> "DocContext":
+        """Event loop: the snapshot a job for `doc` reads (its analysis never touches
+        `self.docs` or `self.settings` from the worker thread)."""
+        from types import MappingProxyType
+
+        from draftline.completion.engine import DocContext
+
+        others = {u: o.text for u, o in self.docs.docs.items() if u != doc.uri and not o.binary}
+        return DocContext(doc.language_id, MappingProxyType(others), dataclasses.replace(self.settings.monitors))
+
     async def ensure_engine(self):
         fut = self.start_model_load()
         try:
@@ -255,8 +266,10 @@ class DraftlineServer(LanguageServer):
         if doc.text[a:b] != accepted:
             return
         text, version, cursor = doc.text, doc.version, b
+        context = self.context_of(doc)
         job = self.scheduler.submit(uri, "complete", lambda c: eng.complete(
-            uri, text, cursor, cancel=c, trim=make_trim(doc.language_id)), supersede=("prepare", "refresh"))
+            uri, text, cursor, cancel=c, trim=make_trim(context.language), context=context),
+            supersede=("prepare", "refresh"))
         job.future.add_done_callback(lambda f: f.cancelled() or f.exception())
         self.prefetched[uri] = (version, cursor, job.future)
 
@@ -310,6 +323,7 @@ class DraftlineServer(LanguageServer):
         except DocumentError as e:
             raise JsonRpcInvalidParams(str(e)) from e
         text, version = doc.text, doc.version  # the snapshot, before any await
+        context = self.context_of(doc)
         try:
             cursor = doc.offset(position.line, position.character, self.encoding)
         except ValueError as e:
@@ -329,7 +343,8 @@ class DraftlineServer(LanguageServer):
         self.defer_other_refreshes(uri)
         t_submit = time.perf_counter()
         job = self.scheduler.submit(uri, "complete", lambda c: eng.complete(
-            uri, text, cursor, k=k, cancel=c, trim=make_trim(doc.language_id)), supersede=("complete", "prepare", "refresh"))
+            uri, text, cursor, k=k, cancel=c, trim=make_trim(context.language), context=context),
+            supersede=("complete", "prepare", "refresh"))
         try:
             res = await job.future
             if log.isEnabledFor(logging.DEBUG):  # (the scheduler logs the job's queueing time)
@@ -379,13 +394,11 @@ def make_guide_factory(server: DraftlineServer):
     except ImportError:
         return None
 
-    def factory(doc: str, prompt) -> list:
-        d = server.docs.docs.get(doc)
-        if d is None:
-            return []
-        others = {u: o.text for u, o in server.docs.docs.items() if u != doc and not o.binary}
+    def factory(doc: str, prompt, ctx) -> list:
+        """Worker thread: reads the job's snapshot `ctx` only, never the server's tables."""
         try:
-            return monitor_guides(server.engine, d.language_id, doc, prompt, others, server.settings.monitors)
+            return monitor_guides(server.engine, ctx.language, doc, prompt, ctx.others,
+                                  ctx.monitors or MonitorSettings())
         except Exception:  # analysis never blocks a completion: no monitor = no constraint
             log.exception("monitors unavailable for %s", doc)
             return []

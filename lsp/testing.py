@@ -140,7 +140,7 @@ class FakeEngine:
 
     def complete(self, doc: str, text: str, cursor: int, *, k: int | None = None, max_tokens: int | None = None,
                  cancel: threading.Event | None = None, method: str | None = None, guides: list | None = None,
-                 trim: Callable | None = None):
+                 trim: Callable | None = None, context: Any = None):
         from draftline.completion.engine import DraftOut, Result
 
         info = self.lm.info
