@@ -1,9 +1,9 @@
 """VS Code extension (editors/vscode): the packaged .vsix manifest, and the extension's client
 code (src/session.ts, compiled) driving the real `draftline serve` under plain Node.
 
-Real VS Code cannot run here; see editors/vscode/README.md. The build (npm ci, tsc, vsce
-package) is editors/vscode/build.sh, which CI runs through editors/ci.sh; when its outputs
-are missing or older than the sources this module runs it once.
+The .vsix inside a real VS Code (code-server) is tests/test_vscode_e2e.py. The build (npm ci,
+tsc, vsce package) is editors/vscode/build.sh, which CI runs through editors/ci.sh; when its
+outputs are missing or older than the sources this module runs it once.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ def test_vsix_manifest(built: Path):
     assert "extension/out/extension.js" in names and "extension/out/session.js" in names
     assert "extension/LICENSE.txt" in names or "extension/LICENSE" in names
     assert not any(n.startswith("extension/src/") or n.startswith("extension/out/test/") for n in names)
+    assert not any(n.startswith("extension/e2e/") for n in names)  # code-server and playwright stay out
     assert any(n.startswith("extension/node_modules/vscode-languageclient/") for n in names)
     assert not any(n.startswith("extension/node_modules/typescript/") for n in names)
 

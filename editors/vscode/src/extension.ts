@@ -8,6 +8,7 @@
  * is shown by the client library; the status bar item polls `draftline/status`.
  */
 
+import * as readline from 'readline';
 import * as vscode from 'vscode';
 import {
     LanguageClient,
@@ -27,6 +28,7 @@ import {
     initializationOptions,
     Methods,
     serverCommand,
+    serverLogLine,
     ShownItem,
     StatusState,
 } from './session';
@@ -73,6 +75,10 @@ function documentSelector(): DocumentSelector {
     return langs.flatMap((language) => [{ scheme: 'file', language }, { scheme: 'untitled', language }]);
 }
 
+function lines(input: NodeJS.ReadableStream, each: (line: string) => void): void {
+    readline.createInterface({ input, crlfDelay: Infinity, terminal: false, historySize: 0 }).on('line', each);
+}
+
 function createClient(): LanguageClient {
     const { command, args } = serverCommand(serverPath());
     const serverOptions: ServerOptions = {
@@ -83,6 +89,15 @@ function createClient(): LanguageClient {
         documentSelector: documentSelector(),
         initializationOptions: () => initializationOptions(readSettings()),
         outputChannel: output,
+        // vscode-languageclient logs every stderr line as an error; the server's stderr is its
+        // log (`... INFO draftline.lsp.server: ...`): keep each line's own level
+        stdioOptions: {
+            stdout: (input, channel) => lines(input, (l) => channel.info(l)),
+            stderr: (input, channel) => lines(input, (l) => {
+                const { level, text } = serverLogLine(l);
+                channel[level](text);
+            }),
+        },
         middleware: {
             provideInlineCompletionItems: async (document, position, context, token, next) => {
                 const result = await next(document, position, context, token);

@@ -191,6 +191,23 @@ export class DraftTelemetry {
     }
 }
 
+export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error';
+
+const SERVER_LOG_LINE = /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) (.*)$/;
+const SERVER_LOG_LEVELS: Record<string, LogLevel> = {
+    DEBUG: 'debug', INFO: 'info', WARNING: 'warn', ERROR: 'error', CRITICAL: 'error',
+};
+
+/**
+ * One line of the server's stderr (`<date> <time>,<ms> LEVEL logger: message`) as a log
+ * channel entry: its level, and the text without the timestamp and level (the channel adds
+ * both). Anything else there (a traceback, an argument error) is an error.
+ */
+export function serverLogLine(line: string): { level: LogLevel; text: string } {
+    const m = SERVER_LOG_LINE.exec(line);
+    return m ? { level: SERVER_LOG_LEVELS[m[1]], text: m[2] } : { level: 'error', text: line };
+}
+
 /** The server's command line from the `draftline.serverPath` setting. */
 export function serverCommand(serverPath: string | undefined, extraArgs: string[] = []): { command: string; args: string[] } {
     const command = (serverPath ?? '').trim() || 'draftline';

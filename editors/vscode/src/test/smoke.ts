@@ -17,6 +17,7 @@ import {
     DraftTelemetry,
     initializationOptions,
     insertTextOf,
+    serverLogLine,
     withTimeout,
 } from '../session';
 
@@ -42,6 +43,11 @@ async function main(): Promise<number> {
     assert.deepStrictEqual(opts, { drafts: 3, maxTokens: 24, debounceMs: 50, monitors: { enabled: true } });
     assert.deepStrictEqual(initializationOptions({ model: '', drafts: undefined }), {});
     assert.strictEqual(configurationChange({ model: '/x.gguf', drafts: 2 }).draftline.model, undefined);
+    // the server's stderr is its log: each line keeps its level in the output channel
+    assert.deepStrictEqual(serverLogLine('2026-12-04 21:34:47,705 INFO draftline.lsp.server: model ready (100%)'),
+        { level: 'info', text: 'draftline.lsp.server: model ready (100%)' });
+    assert.strictEqual(serverLogLine('2026-12-04 21:34:47,705 WARNING draftline.x: slow').level, 'warn');
+    assert.strictEqual(serverLogLine('draftline: error: unrecognized arguments: --stdio').level, 'error');
 
     const out: Record<string, unknown> = {};
     let session: DraftlineSession;
