@@ -537,6 +537,8 @@ class MonitorSession:
         if self._no_wait:  # a prefetch: start what the step will wait for
             wait, urgent = False, True
         budget = max(self.start_budget_s, analyzer.budget_s) if self._start else self._cap
+        if self._cap is not None and budget is not None:  # the request's deadline bounds every wait
+            budget = min(budget, self._cap)
         t = time.perf_counter()
         try:
             got = analyzer.query(kind, before, self.after, path=self.mset.path,

@@ -446,9 +446,26 @@ def _window(prefix: str, suffix: str, lines_before: int = 200, lines_after: int 
     return "\n".join(pre_lines[start:]), "\n".join(suf_lines[:end])
 
 
+def _close_open_block(language: str | None, prefix: str, draft: str) -> str:
+    """A draft that ends by opening a block (``if x:``, ``{``) with a placeholder body: the
+    request's budget answers a block's first line first, and its body is not an error yet."""
+    d = draft.rstrip()
+    if not d:
+        return draft
+    if (language_for(language) or language) == "python":
+        if d.endswith(":"):
+            line = (prefix + d).rsplit("\n", 1)[-1]
+            return d + "\n" + line[: len(line) - len(line.lstrip())] + "    pass"
+    elif d.endswith("{"):
+        return d + "\n}"
+    return draft
+
+
 def adds_parse_errors(language: str | None, prefix: str, draft: str, suffix: str) -> bool:
     """Whether inserting ``draft`` at the cursor gives the surrounding code more parse errors
-    than it has without it (the ranker drops such drafts when another draft does not)."""
+    than it has without it (the ranker drops such drafts when another draft does not).  A
+    block opened at the draft's end counts as closed (see `_close_open_block`)."""
+    draft = _close_open_block(language, prefix, draft)
     pre, suf = _window(prefix, suffix)
     without = parse_error_count(language, pre + suf)
     if without is None:

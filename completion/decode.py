@@ -26,6 +26,7 @@ from typing import Callable, Protocol
 
 import torch
 
+from .junk import text_loop, token_loop
 from .kvcache import Cancelled, DocCache
 from .tokens import Tokenizer
 
@@ -94,6 +95,10 @@ class Draft:
     logprob: float = 0.0
     done: bool = False
     cut: int | None = None  # where the stop rule cut the text
+    # stopped before its natural end (the request's deadline, max_tokens, the early exit of
+    # the other drafts): the text may continue (`completion.ahead` decodes the rest when idle)
+    open_end: bool = False
+    looped: bool = False  # cut where it started repeating itself (completion.junk)
 
     def final_text(self, tok: Tokenizer) -> str:
         t = tok.decode(self.tokens)
@@ -121,6 +126,12 @@ class DecodeSpec:
     alpha: float = 0.25  # superposed: n-gram weight (paper 0.54; bench/drafts.py measured 0.25 better on code)
     reset_after: int = 0  # superposed: continue drafts exactly after this many steps (0 = never)
     verify: bool = True  # superposed: exact log-probabilities of the alternatives, incoherent ones dropped
+    # The request's budget (time.perf_counter() values).  After `deadline` a draft stops at
+    # the end of its next complete line (the first line always comes whole: an editor shows a
+    # line, and half of one is worse than none); after `hard_deadline` every draft stops where
+    # it is.  Analyses never wait past the deadline (`_mask_for`).
+    deadline: float | None = None
+    hard_deadline: float | None = None
 
 
 #: how long an analysis may take, from its start, before the mask of a draft other than the
@@ -131,14 +142,27 @@ class DecodeSpec:
 ALT_ANALYSIS_BUDGET_S = 0.05
 
 
+def analysis_budget(spec: DecodeSpec, anchor: bool) -> float | None:
+    """How long a step's analyses may wait (from each query's start): the analyzer's own
+    budget for the anchor (None), ALT_ANALYSIS_BUDGET_S for the others, and never more than
+    half of what is left before the request's deadline (0 after it: only answers already in
+    constrain the step, a late one does not hold the request)."""
+    cap = None if anchor else ALT_ANALYSIS_BUDGET_S
+    if spec.deadline is not None:
+        left = max(0.0, (spec.deadline - time.perf_counter()) / 2)
+        cap = left if cap is None else min(cap, left)
+    return cap
+
+
 def _mask_for(spec: DecodeSpec, draft: str, anchor: bool = True) -> torch.Tensor | None:
     """AND of every guide's mask for this draft; healing always applies, a monitor mask that
     leaves nothing allowed is dropped (analysis must never block all continuations).
-    ``anchor`` False: a draft other than the greedy one (analyses wait ALT_ANALYSIS_BUDGET_S)."""
+    ``anchor`` False: a draft other than the greedy one (see `analysis_budget`)."""
     heal = spec.heal.allowed(draft) if spec.heal is not None else None
     mon: torch.Tensor | None = None
+    cap = analysis_budget(spec, anchor) if spec.guides else None
     for g in spec.guides:
-        m = g.allowed(draft) if anchor else g.allowed(draft, ALT_ANALYSIS_BUDGET_S)
+        m = g.allowed(draft) if cap is None else g.allowed(draft, cap)
         if m is not None:
             mon = m if mon is None else (mon & m)
     if mon is not None:
@@ -175,15 +199,39 @@ def _extend(d: Draft, tok_id: int, lp: float, tok: Tokenizer, spec: DecodeSpec) 
         d.tokens.pop()
         d.done = True
         return
-    d.text += tok.pieces[tok_id]
+    pieces = tok.pieces
+    d.text += pieces[tok_id]
     if spec.stop is not None:
         c = spec.stop(d.text)
         if c is not None:
             d.cut = c
             d.done = True
             return
+    at = token_loop(d.tokens, lambda t: len(pieces[t]))
+    if at is not None:  # repeating itself: cut where the loop starts (completion.junk)
+        d.cut = sum(len(pieces[t]) for t in d.tokens[:at])
+        d.done = d.looped = True
+        return
+    if "\n" in pieces[tok_id]:  # a line just ended: lines repeating (completion.junk)
+        h = len(spec.stop.heal) if spec.stop is not None else 0
+        at = text_loop(d.text[h:])
+        if at is not None:
+            d.cut = h + at
+            d.done = d.looped = True
+            return
+    if spec.deadline is not None and len(d.tokens) > 1:
+        now = time.perf_counter()
+        if spec.hard_deadline is not None and now >= spec.hard_deadline:
+            d.done = d.open_end = True
+            return
+        if now >= spec.deadline and spec.stop is not None:
+            c = spec.stop.line_cut(d.text)  # the end of the last complete line, if any
+            if c is not None:
+                d.cut = c
+                d.done = d.open_end = True
+                return
     if len(d.tokens) >= spec.max_tokens:
-        d.done = True
+        d.done = d.open_end = True
 
 
 def _first_logits(cache: DocCache, prompt: list[int]) -> torch.Tensor:

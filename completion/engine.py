@@ -9,18 +9,22 @@ prompt for the cursor, syncs the cache to it (PIE) and decodes k drafts.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from .decode import DecodeSpec, HealGuide, PieceIndex, decode
-from .kvcache import CacheStore, DocCache, SyncStats
+from .ahead import AheadStore, Entry, Pending, continue_drafts
+from .decode import DecodeSpec, Draft, HealGuide, PieceIndex, decode
+from .junk import cut_loop
+from .kvcache import CacheStore, Cancelled, DocCache, SyncStats
 from .model import LoadedModel
-from .prompt import Prompt, build_prompt
-from .stops import make_stop
+from .prompt import Prompt, build_prompt, heal_index, window_start
+from .stops import logical_line_ends, make_stop
 from .tokens import TokenizedText
+from .window import affordable
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,51 @@ class EngineConfig:
     # model alone: bench/drafts.py found the true line more often without it (k=3: 0.333 vs
     # 0.267 on 30 tasks, 0.233 vs 0.200 on 60) at a lower cost
     ngram_weight: float = 0.0
+    # A request's budget (ms from its arrival): past it, drafts end at their next line end
+    # (the first line always comes whole) and analyses stop waiting; past 3x it, decoding
+    # stops.  0 = no budget.  See bench/replay.py for what it buys.
+    latency_budget_ms: int = 300
+    # tokens a request may run through the model to sync its cache (a cold or far-moved
+    # window is shortened to afford it, and grown back in idle time by `prepare`)
+    request_cap: int = 384
+    # the longest a request decodes a first line for (~50 tokens here); past it the line
+    # stops where it is (a slow sync does not eat this time: it counts from the decode's start)
+    first_line_ms: int = 1000
+    backfill_step: int = 128  # tokens per idle-time step that grows a short window back
+    ahead: bool = True  # keep answers and continue them in idle time (completion.ahead)
+
+
+#: Documents longer than this are tokenized in a window around the cursor only: a 3 MB file
+#: took 44 s to its first answer, most of it tokenizing and analysing text the model never
+#: reads (its window is 2k tokens, ~8 KB of code).  The window (HUGE_BEFORE characters before
+#: the cursor, HUGE_AFTER after, edges on a HUGE_GRID grid moved to line starts, so typing
+#: does not move it) is re-tokenized when the cursor leaves it.
+HUGE_CHARS = 512 * 1024
+HUGE_BEFORE = 48 * 1024
+HUGE_AFTER = 16 * 1024
+HUGE_GRID = 16 * 1024
+
+
+def huge_window(text: str, cursor: int) -> tuple[int, int]:
+    """[a, b) of a huge document's text that the engine tokenizes for a cursor."""
+    a = max(0, (cursor - HUGE_BEFORE) // HUGE_GRID * HUGE_GRID)
+    if a:
+        a = text.find("\n", a) + 1 or a
+    a = min(a, cursor)
+    b = min(len(text), ((cursor + HUGE_AFTER) // HUGE_GRID + 1) * HUGE_GRID)
+    if b < len(text):
+        nl = text.find("\n", b)
+        b = len(text) if nl < 0 else nl + 1
+    return a, max(b, cursor)
+
+
+#: the sync recomputes a token or two next to each gap (kvcache.widen): counted on top of a cap
+CAP_SLACK = 4
+#: tokens a request may add to the window its cache holds (a short window is grown when idle)
+GROW_SLACK = 32
+#: a cached window shorter than this is not worth keeping short: the request encodes up to
+#: `request_cap` tokens instead
+MIN_CONTEXT = 256
 
 
 @dataclass(frozen=True)
@@ -68,6 +117,8 @@ class Result:
     timings: dict = field(default_factory=dict)  # ms: sync, decode, first_token, total
     tokens: dict = field(default_factory=dict)  # prompt, generated, stale, computed
     sync: SyncStats | None = None
+    short_window: bool = False  # the prompt started later than the full window (grow it when idle)
+    ahead_pending: bool = False  # `Engine.continue_ahead(doc)` has drafts to continue
 
     def to_json(self) -> dict:
         return {"drafts": [asdict(d) for d in self.drafts], "timings_ms": self.timings, "tokens": self.tokens}
@@ -106,18 +157,28 @@ class Engine:
         self.context_tokens = min(ctx, self.net.cfg.max_positions - self.config.max_tokens - 8)
         self.caches = CacheStore(self.net, self.config.cache_budget_mb * 2**20)
         self.texts: dict[str, TokenizedText] = {}
+        self.bases: dict[str, int] = {}  # huge documents: where the tokenized window starts
         self.pieces = PieceIndex(self.tok)
         self.guide_factory = None  # set by the server: (doc, prompt, DocContext) -> list[Guide]
         self.ngram = None  # completion.ngram.NGram of the workspace, set by the server
         self.retokenized_chars = 0
+        self.ahead = AheadStore()
 
     # -- documents -------------------------------------------------------------------------
-    def update(self, doc: str, text: str) -> TokenizedText:
-        """Bring the document's tokens to `text`, re-tokenizing only the changed window."""
+    def update(self, doc: str, text: str, cursor: int | None = None) -> TokenizedText:
+        """Bring the document's tokens to `text`, re-tokenizing only the changed window.
+
+        A document over HUGE_CHARS is tokenized around the cursor only (`huge_window`):
+        the engine's text for it is that window, from `self.bases[doc]` on."""
+        base = 0
+        if len(text) > HUGE_CHARS:
+            base, end = huge_window(text, len(text) if cursor is None else cursor)
+            text = text[base:end]
         tt = self.texts.get(doc)
-        if tt is None:
+        if tt is None or self.bases.get(doc, 0) != base:
             tt = TokenizedText.full(self.tok, text)
             self.texts[doc] = tt
+            self.bases[doc] = base
             self.retokenized_chars += len(text)
             return tt
         if tt.text != text:
@@ -127,7 +188,9 @@ class Engine:
 
     def close(self, doc: str) -> None:
         self.texts.pop(doc, None)
+        self.bases.pop(doc, None)
         self.caches.drop(doc)
+        self.ahead.drop(doc)
 
     def release_memory(self) -> int:
         """Free every document's KV cache (they are rebuilt on demand): called after a
@@ -138,15 +201,49 @@ class Engine:
         gc.collect()
         return freed
 
-    def prompt_for(self, doc: str, text: str, cursor: int) -> Prompt:
-        tt = self.update(doc, text)
+    def prompt_for(self, doc: str, text: str, cursor: int, cap: int | None = None) -> Prompt:
+        """The prompt for a cursor; `cap`: at most this many tokens to encode for it (the
+        window then starts later: `completion.window`)."""
+        tt = self.update(doc, text, cursor)
         cfg = self.config
-        return build_prompt(tt, cursor, self.tok, self.context_tokens, cfg.suffix_tokens, heal=cfg.token_healing)
+        at = cursor - self.bases.get(doc, 0)
+
+        def make(start: int | None = None) -> Prompt:
+            return build_prompt(tt, at, self.tok, self.context_tokens, cfg.suffix_tokens,
+                                heal=cfg.token_healing, start=start)
+
+        full = make()
+        if cap is None:
+            return full
+        c = self.caches.caches.get(doc)
+        return affordable(c.tokens if c is not None else [], full, make, cap)
+
+    def request_prompt(self, doc: str, text: str, cursor: int) -> Prompt:
+        """A request's prompt: the full window if the cache nearly has it; else the window
+        the cache already holds (grown by at most GROW_SLACK tokens: a keystroke never pays
+        for growing it, `prepare` does that when idle) if it has MIN_CONTEXT tokens; else a
+        window of at most `request_cap` new tokens (a cold or far-moved cursor)."""
+        near = self.prompt_for(doc, text, cursor, cap=GROW_SLACK)
+        if near.body_end - near.window_start >= min(MIN_CONTEXT, near.body_end):
+            return near
+        return self.prompt_for(doc, text, cursor, cap=self.config.request_cap + CAP_SLACK)
+
+    def full_window_start(self, doc: str, cursor: int) -> int:
+        tt = self.texts[doc]
+        cfg = self.config
+        room = self.context_tokens - 3 - (cfg.suffix_tokens if self.tok.fim else 0)
+        return window_start(heal_index(tt, cursor - self.bases.get(doc, 0), cfg.token_healing), room)
 
     def prepare(self, doc: str, text: str, cursor: int, cancel: threading.Event | None = None) -> SyncStats:
-        """Sync the document's cache for a cursor (the idle-time work after an edit)."""
-        pr = self.prompt_for(doc, text, cursor)
-        return self._sync(doc, pr, cancel)
+        """Sync the document's cache for a cursor (the idle-time work after an edit, or one
+        step of growing a short window back: at most `backfill_step` tokens per call, so a
+        request waits for at most one such step).  `SyncStats.more`: call again."""
+        pr = self.prompt_for(doc, text, cursor, cap=self.config.backfill_step + CAP_SLACK)
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
+        st = self._sync(doc, pr, None)  # one step: never left half done (see kvcache.sync)
+        st.more = pr.window_start > self.full_window_start(doc, cursor)
+        return st
 
     def _sync(self, doc: str, pr: Prompt, cancel: threading.Event | None, with_tail: bool = False) -> SyncStats:
         """Sync the cache to the prompt (all but its last token); `with_tail`: a request
@@ -175,12 +272,16 @@ class Engine:
     def complete(self, doc: str, text: str, cursor: int, *, k: int | None = None,
                  max_tokens: int | None = None, cancel: threading.Event | None = None,
                  method: str | None = None, guides: list | None = None, trim=None,
-                 context: DocContext | None = None) -> Result:
+                 context: DocContext | None = None, arrived: float | None = None) -> Result:
         """Drafts for the cursor at character offset `cursor` of `text`; `context`: the
-        snapshot the monitors read (language, other open documents)."""
+        snapshot the monitors read (language, other open documents); `arrived`: when the
+        request arrived (time.perf_counter()), which its budget counts from."""
         cfg = self.config
         t0 = time.perf_counter()
-        pr = self.prompt_for(doc, text, cursor)
+        budget = cfg.latency_budget_ms / 1000
+        deadline = (arrived if arrived is not None else t0) + budget if budget > 0 else None
+        pr = self.request_prompt(doc, text, cursor) if budget > 0 else self.prompt_for(doc, text, cursor)
+        short = pr.window_start > self.full_window_start(doc, cursor)
         if guides is None and self.guide_factory is not None and cfg.monitors:
             guides = self.guide_factory(doc, pr, context or DocContext())  # starts the cursor's jedi query: it runs during the sync
         t1 = time.perf_counter()
@@ -199,11 +300,18 @@ class Engine:
             method=method or cfg.method,
             ngram=ng,
             alpha=cfg.ngram_weight,
+            deadline=deadline,
+            # a first line longer than this stops where it is (a slow sync does not eat it)
+            hard_deadline=max(deadline + 2 * budget, time.perf_counter() + cfg.first_line_ms / 1000)
+            if deadline else None,
         )
         cache = self.caches.get(doc)
         drafts, ds = decode(cache, pr.tokens, self.tok, spec, first_logits=st.tail_logits)
         st.tail_logits = None  # (SyncStats is kept in the Result: not the logits)
-        outs = self._finish(pr, drafts, trim)
+        outs, raws = self._finish(pr, drafts, trim)
+        pending = False
+        if cfg.ahead and outs:
+            pending = self._keep_ahead(doc, pr, outs, raws, trim)
         t3 = time.perf_counter()
         timings = {"tokenize": round((t1 - t0) * 1000, 2), "sync": round((t2 - t1) * 1000, 2),
                    "first_token": round(ds.first_ms, 2), "decode": round(ds.ms, 2),
@@ -215,37 +323,122 @@ class Engine:
             drafts=outs,
             timings=timings,
             tokens={"prompt": len(pr.tokens), "generated": ds.tokens, "steps": ds.steps,
-                    "computed": st.computed, "stale": cache.stale, "sync_mode": st.mode},
+                    "computed": st.computed, "stale": cache.stale, "sync_mode": st.mode,
+                    "window": "short" if short else "full"},
             sync=st,
+            short_window=short,
+            ahead_pending=pending,
         )
 
-    def _finish(self, pr: Prompt, drafts, trim) -> list[DraftOut]:
-        """Strip the healed text, trim, drop empties and duplicates, rank by probability."""
+    # -- answers ahead of the user (completion.ahead) ---------------------------------------
+    def _keep_ahead(self, doc: str, pr: Prompt, outs: list[DraftOut], raws: list[Draft], trim) -> bool:
+        entry = Entry(pr.prefix, pr.suffix, tuple(o.text for o in outs), tuple(o.replace for o in outs))
+        pending = Pending(entry, list(pr.tokens), raws, pr.heal, trim, [d.open_end for d in raws])
+        self.ahead.put(doc, entry, pending)
+        return True
+
+    def continue_ahead(self, doc: str, cancel: threading.Event | None = None) -> int:
+        """Idle time after an answer: decode its best drafts further (the rest of a block the
+        budget cut, or the next line) and keep the longer texts.  Returns drafts extended."""
+        p = self.ahead.pending.pop(doc, None)
+        cache = self.caches.caches.get(doc)
+        if p is None or cache is None:
+            return 0
+        drafts = continue_drafts(cache, p, self.tok, cancel)
+        if not drafts:
+            return 0
+        e = p.entry
+        texts, replace = list(e.texts), list(e.replace)
+        n = 0
+        for i, d in enumerate(drafts):
+            full = d.final_text(self.tok)
+            if not full.startswith(p.heal):
+                continue
+            t = cut_loop(full[len(p.heal):].rstrip())
+            if t is None or not t.startswith(texts[i]) or len(t) <= len(texts[i]):
+                continue
+            r = replace[i]
+            raw = t
+            if p.open_ends[i] and p.trim is not None:  # the budget cut its block: the rest of it
+                got = p.trim(e.prefix, t, e.suffix)
+                t, r = (got[0], got[1]) if got is not None else (texts[i], r)
+            if len(t) <= len(texts[i]):  # its block is done: what follows as a draft for the next line
+                ext = raw[len(texts[i]):]
+                if not ext.startswith("\n"):
+                    continue
+                nxt = ext[1:]
+                if p.trim is not None:
+                    got = p.trim(e.prefix + texts[i] + "\n", nxt, e.suffix)
+                    if got is None:
+                        continue
+                    nxt = got[0]
+                t = texts[i] + "\n" + nxt
+            t = _sanitize(t)
+            if len(t) > len(texts[i]) and t.startswith(texts[i]):
+                texts[i], replace[i] = t, r
+                n += 1
+        if n:
+            self.ahead.replace(doc, e, Entry(e.prefix, e.suffix, tuple(texts), tuple(replace), e.created))
+        return n
+
+    def _finish(self, pr: Prompt, drafts, trim) -> tuple[list[DraftOut], list[Draft]]:
+        """Strip the healed text, cut what stopped mid-way back to whole lines, cut loops,
+        trim, drop empties and duplicates (completion.junk), rank by probability.  Returns
+        the drafts to show and the raw drafts they came from."""
         seen: set[str] = set()
         outs: list[DraftOut] = []
+        raws: list[Draft] = []
         clean: list[bool] = []  # parses without new errors (when the trim can tell)
-        for d in sorted(drafts, key=lambda d: -d.logprob):
+        for rank, d in enumerate(sorted(drafts, key=lambda d: -d.logprob)):
             full = d.final_text(self.tok)
             if not full.startswith(pr.heal):
                 continue  # cannot happen with the heal guide; never emit misaligned text
-            text = full[len(pr.heal):].rstrip()
+            text = full[len(pr.heal):]
+            partial = False
+            if d.looped or (d.open_end and d.cut is None):
+                # stopped mid-line (a loop, the hard deadline, the other drafts' early exit):
+                # whole lines only; the best draft may show a first line it is still
+                # writing, cut back to a word boundary
+                text = _whole_lines(text, partial_ok=rank == 0 and not d.looped)
+                if text is None:
+                    continue
+                partial = "\n" not in text.strip("\n")
+            text = cut_loop(text.rstrip())
+            if text is None:
+                continue
             replace = 0
             ok = True
-            if trim is not None:
+            if trim is not None and not partial:  # (a line being written has open brackets)
                 r = trim(pr.prefix, text, pr.suffix)
                 if r is None:
                     continue
                 text, replace = r[0], r[1]
                 ok = r[2] if len(r) > 2 else True
             text = _sanitize(text)
-            if not text.strip() or text in seen:
+            key = "\n".join(ln.rstrip() for ln in text.rstrip().split("\n"))
+            if not text.strip() or key in seen:
                 continue
-            seen.add(text)
+            seen.add(key)
             outs.append(DraftOut(text, replace, round(d.logprob, 4)))
+            raws.append(d)
             clean.append(ok)
         if any(clean):  # drop drafts that add parse errors when another draft does not
+            raws = [r for r, c in zip(raws, clean) if c]
             outs = [o for o, c in zip(outs, clean) if c]
-        return outs
+        return outs, raws
+
+
+def _whole_lines(text: str, partial_ok: bool) -> str | None:
+    """`text` up to its last complete logical line (`stops.logical_line_ends`); with
+    `partial_ok` an unfinished first line is
+    kept, without the identifier it is in the middle of (None: nothing left)."""
+    ends = [i for i in logical_line_ends(text) if text[:i].strip()]
+    if ends:
+        return text[:ends[-1]]
+    if not partial_ok:
+        return None
+    cut = re.sub(r"[A-Za-z_0-9]+$", "", text)
+    return cut if cut.strip() else (text if text.strip() else None)
 
 
 _FORBIDDEN = {0} | set(range(0x202A, 0x202F)) | set(range(0x2066, 0x206A))

@@ -67,6 +67,7 @@ class SyncStats:
     # logits after `tail` when sync() was given one and ran a forward to fill a gap: the
     # tail rode along in the gap's last forward (one forward fewer for the request)
     tail_logits: torch.Tensor | None = field(default=None, repr=False)
+    more: bool = False  # Engine.prepare: the window is still short, another step is due
 
 
 def plan_blocks(old: list[int], new: list[int], min_run: int = 4, gram: int = 8) -> list[Block]:

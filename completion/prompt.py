@@ -24,6 +24,7 @@ class Prompt:
     suffix: str  # document text after the cursor
     window_start: int  # index of the first document token in the prompt
     fim: bool
+    body_end: int = 0  # index of the document token the prompt stops before (the heal's)
 
 
 def _is_space(s: str) -> bool:
@@ -42,18 +43,31 @@ def heal_start(tt: TokenizedText, cursor: int, max_back: int = 3) -> int:
     return j
 
 
+def heal_index(tt: TokenizedText, cursor: int, heal: bool = True) -> int:
+    """Index of the token the prompt stops before (see `build_prompt`)."""
+    return heal_start(tt, cursor) if heal else tt.token_at_or_after(cursor)
+
+
+def window_start(j: int, room: int) -> int:
+    """The first document token of a full window ending before token j (steps of WINDOW_STEP)."""
+    if j <= room:
+        return 0
+    return min(((j - room) // WINDOW_STEP + 1) * WINDOW_STEP, j)
+
+
 def build_prompt(tt: TokenizedText, cursor: int, tok: Tokenizer, budget: int,
-                 suffix_budget: int = 0, use_fim: bool = True, heal: bool = True) -> Prompt:
-    """The prompt for a cursor at character offset `cursor` of `tt.text`."""
+                 suffix_budget: int = 0, use_fim: bool = True, heal: bool = True,
+                 start: int | None = None) -> Prompt:
+    """The prompt for a cursor at character offset `cursor` of `tt.text`.  `start`: the
+    first document token, later than the full window's (a short window: what a request
+    can afford to encode now; `completion.window`)."""
     text = tt.text
-    j = heal_start(tt, cursor) if heal else tt.token_at_or_after(cursor)
+    j = heal_index(tt, cursor, heal)
     heal_text = text[tt.starts[j] : cursor] if j < len(tt.starts) and heal else ""
     fim = tok.fim if use_fim else None
-    room = budget - 3 - (suffix_budget if fim else 0)
-    w = 0
-    if j > room:
-        w = ((j - room) // WINDOW_STEP + 1) * WINDOW_STEP
-        w = min(w, j)
+    w = window_start(j, budget - 3 - (suffix_budget if fim else 0))
+    if start is not None:
+        w = min(max(w, start), j)
     body = tt.ids[w:j]
     if not heal:
         # the naive prompt (ablation): the text before the cursor tokenized as it stands,
@@ -69,7 +83,7 @@ def build_prompt(tt: TokenizedText, cursor: int, tok: Tokenizer, budget: int,
         if not tokens:
             # an empty prompt has no token to feed: start like a new document
             tokens = [_doc_start(tok)]
-    return Prompt(tokens, heal_text, text[:cursor], suffix, w, fim is not None)
+    return Prompt(tokens, heal_text, text[:cursor], suffix, w, fim is not None, j)
 
 
 def _doc_start(tok: Tokenizer) -> int:

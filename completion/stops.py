@@ -20,8 +20,9 @@ class StopRule:
     re-types first; the rule looks at the continuation after the cursor only."""
 
     heal: str
-    single_line: bool
+    single_line: bool  # the rest of the cursor's physical line (text after the cursor on it)
     base_indent: int
+    statement: bool = False  # the statement the line before the cursor began: one logical line
 
     def __call__(self, draft: str) -> int | None:
         h = len(self.heal)
@@ -31,20 +32,77 @@ class StopRule:
         cut = self.cut(c)
         return None if cut is None else h + cut
 
+    def line_cut(self, draft: str) -> int | None:
+        """Where to cut `draft` to end with its last complete logical line (the request's
+        budget ran out): the offset of the last line break after the healed text outside
+        brackets and strings the continuation opened, or None while the first such line is
+        still being written."""
+        h = len(self.heal)
+        if len(draft) <= h:
+            return None
+        ends = logical_line_ends(draft[h:])
+        while ends and not draft[h:h + ends[-1]].strip():
+            ends.pop()
+        return h + ends[-1] if ends else None
+
     def cut(self, c: str) -> int | None:
+        """Lines here are logical lines (`logical_line_ends`): a call's arguments or a
+        closing bracket on lines of their own belong to the statement that opened them."""
         if "\n" not in c:
             return None
-        if self.single_line:
+        if self.single_line:  # the rest of the cursor's line
             return c.index("\n")
-        lines = c.split("\n")
-        # the first line is the statement at the cursor; later lines belong to it only while
-        # indented deeper (its block body, or a continuation line). lines[-1] may still grow.
-        pos = len(lines[0])
-        for i, line in enumerate(lines[1:-1], start=1):
-            if line.strip() == "" or _indent(line) <= self.base_indent or i > MAX_LINES:
+        ends = logical_line_ends(c)
+        if not ends:
+            return c.index("\n") if c.count("\n") > MAX_LINES else None
+        if self.statement:
+            return ends[0]
+        # the first logical line is the statement at the cursor; later ones belong to it only
+        # while indented deeper (its block body); the last one may still grow
+        pos = ends[0]
+        for k, nxt in enumerate(ends[1:], start=1):
+            first = c[pos + 1: nxt].split("\n", 1)[0]
+            if not first.strip() or _indent(first) <= self.base_indent or k > MAX_LINES:
                 return pos
-            pos += 1 + len(line)
+            pos = nxt
         return None
+
+
+def logical_line_ends(c: str) -> list[int]:
+    """Offsets of the line breaks in `c` that end a logical line: outside the brackets and
+    string literals `c` itself opens, not after a backslash (a rough lexer: drafts are short)."""
+    out: list[int] = []
+    depth = 0
+    quote = ""
+    i, n = 0, len(c)
+    while i < n:
+        ch = c[i]
+        if quote:
+            if ch == "\\":
+                i += 2
+                continue
+            if c.startswith(quote, i):
+                i += len(quote)
+                quote = ""
+                continue
+            if ch == "\n" and len(quote) == 1:
+                quote = ""  # an unterminated one-line string ends with its line
+        elif ch in "\"'":
+            quote = c[i:i + 3] if c[i:i + 3] in ('"""', "'''") else ch
+            i += len(quote)
+            continue
+        elif ch == "#":
+            j = c.find("\n", i)
+            i = n if j < 0 else j
+            continue
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth = max(0, depth - 1)
+        if ch == "\n" and depth == 0 and not quote and not (i > 0 and c[i - 1] == "\\"):
+            out.append(i)
+        i += 1
+    return out
 
 
 def make_stop(prefix: str, suffix: str, heal: str) -> StopRule:
@@ -58,5 +116,7 @@ def make_stop(prefix: str, suffix: str, heal: str) -> StopRule:
         if stripped.endswith(OPENERS):
             # the line opens a block: continue into it, stop when it closes
             return StopRule(heal, False, _indent(line_before))
-        return StopRule(heal, True, 0)
+        # the statement begun on this line, to its logical end (a call may wrap: `min(` then
+        # its arguments on the next lines; cutting at the line break left unbalanced text)
+        return StopRule(heal, False, _indent(line_before), statement=True)
     return StopRule(heal, False, _indent(line_before))

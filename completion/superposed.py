@@ -150,8 +150,8 @@ def superposed(cache: DocCache, n: int, logits: torch.Tensor, tok: Tokenizer, sp
             if lead:
                 exit_at = step + max(2, math.ceil(step * EXIT_SLACK))
         if exit_at is not None and step >= exit_at:
-            for x in alive:  # draft-level early exit: cut where they are
-                x.d.done = True
+            for x in alive:  # draft-level early exit: cut where they are (whole lines kept, Engine._finish)
+                x.d.done = x.d.open_end = True
             finished += alive
             break
         scores = torch.tensor([x.score for x in alive])

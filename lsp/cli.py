@@ -88,7 +88,8 @@ def cmd_complete(a: argparse.Namespace) -> int:
     except M.ModelError as e:
         print(f"draftline: {e}", file=sys.stderr)
         return 2
-    cfg = EngineConfig(k=a.k, max_tokens=a.max_tokens, method=a.method)
+    # one headless answer: no request budget (a whole window, drafts to their natural end)
+    cfg = EngineConfig(k=a.k, max_tokens=a.max_tokens, method=a.method, latency_budget_ms=0)
     eng = Engine(lm, cfg)
     from .server import make_trim
     from draftline.completion.guides import monitor_guides, warm_up
@@ -115,50 +116,11 @@ def cmd_complete(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    """A headless tour on a real file (the installed standard library's textwrap.py):
-    complete at three cursors, then edit above them and complete again (PIE sync)."""
+    """A headless tour on code nobody here wrote (lsp/demo.py)."""
     _logging(a.log_level)
-    import textwrap as _tw
+    from .demo import run
 
-    from draftline.completion import model as M
-    from draftline.completion.engine import Engine, EngineConfig
-
-    from .server import make_trim
-
-    path = _tw.__file__
-    text = open(path, encoding="utf-8").read()
-    print(f"draftline demo: {path}", flush=True)
-    lm = M.load(a.model, progress=lambda m, p: print(f"  [{p:3d}%] {m}", file=sys.stderr))
-    print(f"model {lm.info['architecture']} {lm.info['layers']} layers, loaded in {lm.load_ms:.0f} ms")
-    eng = Engine(lm, EngineConfig(k=3, max_tokens=32))
-    trim = make_trim("python")
-    lines = text.split("\n")
-    picks = [i for i, l in enumerate(lines) if l.startswith("        ") and l.strip()
-             and not l.strip().startswith(("#", '"', "'"))]
-    picks = [picks[len(picks) // 4], picks[len(picks) // 2], picks[3 * len(picks) // 4]]
-    doc = "demo://textwrap.py"
-
-    def run(txt: str, ln: int, label: str) -> None:
-        ls = txt.split("\n")
-        line = ls[ln]
-        ind = len(line) - len(line.lstrip())
-        cursor = sum(len(x) + 1 for x in ls[:ln]) + ind
-        r = eng.complete(doc, txt, cursor, trim=trim)
-        print(f"\n{label} line {ln + 1}: sync {r.timings['sync']:.0f} ms ({r.tokens['sync_mode']}, "
-              f"{r.tokens['computed']} tokens computed), decode {r.timings['decode']:.0f} ms, "
-              f"prompt {r.tokens['prompt']} tokens")
-        print(f"  actual : {line.strip()}")
-        for i, d in enumerate(r.drafts):
-            print(f"  draft {i + 1}: {d.text.splitlines()[0] if d.text else ''}")
-
-    for ln in picks:
-        run(text, ln, "complete")
-    # an edit above the cursors: only the edited tokens are encoded, the rest re-rotated
-    ins = "# an edit the user just typed\n"
-    at = sum(len(x) + 1 for x in lines[: picks[0] - 20])
-    text2 = text[:at] + ins + text[at:]
-    run(text2, picks[1] + 1, "after an edit 20 lines above the first cursor,")
-    return 0
+    return run(a.model)
 
 
 def _language_of(path: str) -> str:

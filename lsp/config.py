@@ -43,6 +43,10 @@ class Settings:
     method: str = "superposed"  # bench/drafts.py: k=3 at ~1.15-1.2x greedy
     ngram_weight: float = 0.0  # superposed scoring: weight of the workspace n-gram (0 = model only)
     pie: bool = True
+    # ms from a request's arrival to its answer: past it drafts end at their next line end
+    # (the first line comes whole) and analyses stop waiting (0 = no budget)
+    latency_budget_ms: int = 300
+    ahead: bool = True  # answer typed-ahead characters from the last drafts; continue them when idle
     monitors: MonitorSettings = field(default_factory=MonitorSettings)
     log_level: str = "INFO"
 

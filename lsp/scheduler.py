@@ -30,8 +30,11 @@ log = logging.getLogger(__name__)
 # Lower runs first. Requests (and the model load) never wait behind the idle-time cache
 # work of other documents; a running background job is cancelled when a request arrives
 # (it stops within one prefill chunk and is redone by the request itself if needed).
-PRIORITY = {"load": 0, "complete": 1, "other": 1, "prepare": 3, "refresh": 4}
-BACKGROUND = ("prepare", "refresh")
+# "ahead" continues the drafts of the answer just given (completion.ahead); "prepare" syncs
+# the active document's cache (and grows its short window back), "prefill" the same for
+# documents the user is not in.
+PRIORITY = {"load": 0, "complete": 1, "other": 1, "ahead": 2, "prepare": 3, "prefill": 3.5, "refresh": 4}
+BACKGROUND = ("ahead", "prepare", "prefill", "refresh")
 
 
 @dataclass
@@ -131,6 +134,11 @@ class Scheduler:
                 j.cancel.set()
                 n += 1
         return n
+
+    def has_doc(self, doc: str, kinds: tuple[str, ...]) -> bool:
+        """A job of these kinds for `doc` is queued and not cancelled (not the running one)."""
+        with self.lock:
+            return any(j.doc == doc and j.kind in kinds and not j.cancel.is_set() for j in self.pending)
 
     def busy(self) -> bool:
         return self.current is not None or not self.q.empty()

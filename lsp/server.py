@@ -17,6 +17,7 @@ import os
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import asdict
 from typing import Any
 
@@ -66,6 +67,11 @@ class DraftlineServer(LanguageServer):
         self.prefetched: dict[str, tuple[int, int, asyncio.Future]] = {}
         self.accepted_pending: dict[str, str] = {}
         self.workspace_roots: list[str] = []
+        self.active: str | None = None  # the document of the last request or edit
+        self.engine_ready_at = 0.0  # time.perf_counter() when the model finished loading
+        # the last completions' stage timings, for `draftline/status {"recent": N}` (benches,
+        # and a user asking why a suggestion was slow)
+        self.recent: deque[dict] = deque(maxlen=256)
 
     # -- infrastructure ----------------------------------------------------------------------
     @property
@@ -156,6 +162,7 @@ class DraftlineServer(LanguageServer):
                     pass
             else:
                 self.engine = fut.result()
+                self.engine_ready_at = time.perf_counter()
                 self.engine.guide_factory = make_guide_factory(self)
                 self.start_ngram()
                 if self.settings.monitors.enabled:
@@ -221,7 +228,7 @@ class DraftlineServer(LanguageServer):
         return self.engine
 
     # -- edits -------------------------------------------------------------------------------
-    def schedule_prepare(self, uri: str) -> None:
+    def schedule_prepare(self, uri: str, delay: float | None = None) -> None:
         """Debounced cache sync after an edit, then an idle-time exact refresh."""
         loop = asyncio.get_running_loop()
         for table in (self._debounce, self._idle):
@@ -230,8 +237,9 @@ class DraftlineServer(LanguageServer):
                 h.cancel()
         if self.engine is None:
             return
-        self.scheduler.cancel_doc(uri, ("prepare", "refresh"))
-        self._debounce[uri] = loop.call_later(self.settings.debounce_ms / 1000, self._prepare_now, uri)
+        self.scheduler.cancel_doc(uri, ("prepare", "prefill", "refresh"))
+        wait = self.settings.debounce_ms / 1000 if delay is None else delay
+        self._debounce[uri] = loop.call_later(wait, self._prepare_now, uri)
 
     def _prepare_now(self, uri: str) -> None:
         self._debounce.pop(uri, None)
@@ -239,6 +247,8 @@ class DraftlineServer(LanguageServer):
         eng = self.engine
         if doc is None or eng is None or doc.binary or len(doc.text) > MAX_DOCUMENT_CHARS:
             return
+        if self.scheduler.has_doc(uri, ("prepare", "prefill")):
+            return  # a step is queued already: it reads the document when it runs
         text = doc.text
         if doc.last_edit:
             cursor = doc.last_edit[2]
@@ -249,10 +259,20 @@ class DraftlineServer(LanguageServer):
             # the edit too and keeps the cache past it (syncing for the edit's position would
             # drop everything after it, to be re-encoded by the next request)
             cursor = doc.request_cursor
-        job = self.scheduler.submit(uri, "prepare", lambda c: eng.prepare(uri, text, cursor, c),
-                                    supersede=("prepare", "refresh"))
-        job.future.add_done_callback(lambda f: f.cancelled() or f.exception())
-        job.future.add_done_callback(lambda f: self._after_prepare(uri))
+        # the document the user is in first; the others' prefill in what idle time is left
+        kind = "prepare" if uri == self.active else "prefill"
+        job = self.scheduler.submit(uri, kind, lambda c: eng.prepare(uri, text, cursor, c),
+                                    supersede=("prepare", "prefill", "refresh"))
+
+        def done(f: asyncio.Future) -> None:
+            if f.cancelled() or f.exception() is not None:
+                return
+            if getattr(f.result(), "more", False):  # a short window: grow it one more step
+                self._prepare_now(uri)
+            else:
+                self._after_prepare(uri)
+
+        job.future.add_done_callback(done)
 
     def prefetch_after_accept(self, uri: str) -> None:
         """The edit that inserted an accepted draft: compute the next completion now, at the
@@ -265,6 +285,8 @@ class DraftlineServer(LanguageServer):
         a, _, b = doc.last_edit
         if doc.text[a:b] != accepted:
             return
+        if self.settings.ahead and eng.ahead.lookup(uri, doc.text, b) is not None:
+            return  # the accepted draft's continuation is already known
         text, version, cursor = doc.text, doc.version, b
         context = self.context_of(doc)
         job = self.scheduler.submit(uri, "complete", lambda c: eng.complete(
@@ -318,6 +340,7 @@ class DraftlineServer(LanguageServer):
         """Run the engine for a cursor; returns (document snapshot, cursor, drafts) or None
         when the result would be stale."""
         self.counters["requests"] += 1
+        t_in = time.perf_counter()
         try:
             doc = self.docs.get(uri)
         except DocumentError as e:
@@ -331,20 +354,34 @@ class DraftlineServer(LanguageServer):
         if doc.binary or len(text) > MAX_DOCUMENT_CHARS:
             return None
         doc.request_cursor = cursor
+        self.active = uri
         eng = await self.ensure_engine()
+        # the budget counts from the request's arrival, or from the end of the model load it waited for
+        t_in = max(t_in, self.engine_ready_at)
+        if self.settings.ahead:
+            hit = eng.ahead.lookup(uri, text, cursor)
+            if hit is not None:  # the user typed what a draft said: its rest, no model run
+                from draftline.completion.engine import DraftOut, Result
+
+                self.counters["ahead_hits"] = self.counters.get("ahead_hits", 0) + 1
+                res = Result(drafts=[DraftOut(t, r) for t, r in hit],
+                             timings={"total": round((time.perf_counter() - t_in) * 1000, 2)})
+                self._record(uri, version, t_in, res, "ahead")
+                return text, cursor, res
         pre = self.prefetched.pop(uri, None)
         if pre is not None and pre[0] == version and pre[1] == cursor and not pre[2].cancelled():
             try:
                 res = await pre[2]
                 self.counters["prefetch_hits"] = self.counters.get("prefetch_hits", 0) + 1
+                self._record(uri, version, t_in, res, "prefetch")
                 return text, cursor, res
             except Exception:
                 pass  # fall through to a fresh request
         self.defer_other_refreshes(uri)
         t_submit = time.perf_counter()
         job = self.scheduler.submit(uri, "complete", lambda c: eng.complete(
-            uri, text, cursor, k=k, cancel=c, trim=make_trim(context.language), context=context),
-            supersede=("complete", "prepare", "refresh"))
+            uri, text, cursor, k=k, cancel=c, trim=make_trim(context.language), context=context,
+            arrived=t_in), supersede=("complete", "ahead", "prepare", "prefill", "refresh"))
         try:
             res = await job.future
             if log.isEnabledFor(logging.DEBUG):  # (the scheduler logs the job's queueing time)
@@ -362,8 +399,23 @@ class DraftlineServer(LanguageServer):
         if cur is None or cur.version != version:
             self.counters["stale"] += 1
             return None
-        self._after_prepare(uri)
+        if getattr(res, "ahead_pending", False):  # continue the drafts while the user reads them
+            self.scheduler.submit(uri, "ahead", lambda c: eng.continue_ahead(uri, c),
+                                  supersede=("ahead",)).future.add_done_callback(
+                lambda f: f.cancelled() or f.exception())
+        if getattr(res, "short_window", False):
+            self.schedule_prepare(uri, delay=0)  # grow the window back, a step at a time
+        else:
+            self._after_prepare(uri)
+        self._record(uri, version, t_in, res, "engine")
         return text, cursor, res
+
+    def _record(self, uri: str, version: int, t_in: float, res, source: str) -> None:
+        self.recent.append({"uri": uri, "version": version, "source": source,
+                            "ms": round((time.perf_counter() - t_in) * 1000, 1),
+                            "timings": dict(getattr(res, "timings", None) or {}),
+                            "tokens": dict(getattr(res, "tokens", None) or {}),
+                            "drafts": len(getattr(res, "drafts", None) or [])})
 
 
 def engine_config(s: Settings):
@@ -371,7 +423,8 @@ def engine_config(s: Settings):
 
     return EngineConfig(k=s.drafts, max_tokens=s.max_tokens, context_tokens=s.context_tokens,
                         method=s.method, pie=s.pie, cache_budget_mb=s.cache_budget_mb, ngram_weight=s.ngram_weight,
-                        stale_limit=s.stale_limit, monitors=s.monitors.enabled)
+                        stale_limit=s.stale_limit, monitors=s.monitors.enabled,
+                        latency_budget_ms=s.latency_budget_ms, ahead=s.ahead)
 
 
 def workspace_roots(params: T.InitializeParams) -> list[str]:
@@ -472,8 +525,14 @@ def build_server(settings: Settings | None = None, test_mode: bool = False) -> D
             log.warning("didChange ignored: %s", e)
             return
         ls.ngram_update(uri)
-        # a newer edit supersedes in-flight decoding of the same document
-        ls.scheduler.cancel_doc(uri, ("complete",))
+        ls.active = uri
+        # a newer edit supersedes in-flight decoding of the same document, and the
+        # continuation of the last answer unless the edit typed what it predicted
+        eng = ls.engine
+        doc = ls.docs.docs.get(uri)
+        predicted = (eng is not None and doc is not None and doc.last_edit is not None and ls.settings.ahead
+                     and eng.ahead.lookup(uri, doc.text, doc.last_edit[2]) is not None)
+        ls.scheduler.cancel_doc(uri, ("complete",) if predicted else ("complete", "ahead"))
         ls.prefetched.pop(uri, None)
         if uri in ls.accepted_pending:
             ls.prefetch_after_accept(uri)
@@ -485,7 +544,7 @@ def build_server(settings: Settings | None = None, test_mode: bool = False) -> D
         uri = params.text_document.uri
         ls.docs.close(uri)
         if ls._scheduler is not None:
-            ls._scheduler.cancel_doc(uri, ("complete", "prepare", "refresh"))
+            ls._scheduler.cancel_doc(uri, ("complete", "ahead", "prepare", "prefill", "refresh"))
         eng = ls.engine
         if eng is not None:
             ls.scheduler.submit(uri, "other", lambda c: eng.close(uri)).future.add_done_callback(
@@ -577,6 +636,9 @@ def build_server(settings: Settings | None = None, test_mode: bool = False) -> D
             out["caches"] = [{"uri": uri, "tokens": len(c.tokens), "stale": c.stale, "bytes": c.nbytes}
                              for uri, c in list(eng.caches.caches.items())]
             out["cache_bytes"] = sum(v["bytes"] for v in out["caches"])
+        n = params.get("recent") if isinstance(params, dict) else getattr(params, "recent", None)
+        if isinstance(n, int) and n > 0:
+            out["recent"] = list(ls.recent)[-n:]
         if ls._scheduler is not None and ls._scheduler.disabled_reason:
             out["disabled"] = ls._scheduler.disabled_reason
         return out

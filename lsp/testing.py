@@ -100,6 +100,9 @@ class FakeEngine:
         self.lm = FakeLM()
         self.caches = FakeCaches()
         self.guide_factory = None
+        from draftline.completion.ahead import AheadStore
+
+        self.ahead = AheadStore()  # the real store (the fake never fills it)
         self.texts: dict[str, str] = {}
         self.seen: deque[tuple[str, str]] = deque(maxlen=1000)  # (doc, fingerprint) of completions started
         self._lock = threading.Lock()
@@ -140,7 +143,7 @@ class FakeEngine:
 
     def complete(self, doc: str, text: str, cursor: int, *, k: int | None = None, max_tokens: int | None = None,
                  cancel: threading.Event | None = None, method: str | None = None, guides: list | None = None,
-                 trim: Callable | None = None, context: Any = None):
+                 trim: Callable | None = None, context: Any = None, arrived: float | None = None):
         from draftline.completion.engine import DraftOut, Result
 
         info = self.lm.info

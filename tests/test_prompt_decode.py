@@ -133,10 +133,10 @@ def test_finish_drops_drafts_that_add_parse_errors_when_another_parses(tiny):
     tok = tiny.tokenizer
     pr = Prompt([1], "", "def f(x):\n    return ", "\n", 0, False)
     drafts = [Draft(tokens=tok.encode(t), logprob=-i) for i, t in enumerate(["x + 1", "x +* )(", "x * 2"])]
-    outs = eng._finish(pr, drafts, make_trim("python"))
+    outs = eng._finish(pr, drafts, make_trim("python"))[0]
     assert [o.text for o in outs] == ["x + 1", "x * 2"]
     # when every draft adds errors, none is dropped for it
-    outs = eng._finish(pr, drafts[1:2], make_trim("python"))
+    outs = eng._finish(pr, drafts[1:2], make_trim("python"))[0]
     assert len(outs) == 1 and outs[0].text.startswith("x +*")
 
 

@@ -26,20 +26,32 @@ def inert(s: str) -> bool:
 def engine(default_model):
     from draftline.completion.engine import Engine, EngineConfig
 
-    return Engine(default_model, EngineConfig(k=3, max_tokens=48))
+    # no request budget: these tests count the forwards a whole decode runs
+    return Engine(default_model, EngineConfig(k=3, max_tokens=48, latency_budget_ms=0))
 
 
 # -- P4 ---------------------------------------------------------------------------------------
-def test_cancel_during_prefill_stops_within_one_chunk(engine):
-    src = stdlib_source("textwrap.py")[:4000]  # ~900 tokens: several prefill chunks
-    with ForwardCounter(engine.net, trigger=2) as fc:
+def test_cancel_during_prefill_stops_within_one_step(engine):
+    """A cold document is prefilled in steps of `backfill_step` tokens nearest the cursor
+    first (each step one forward, never left half done); a cancel stops it before the next
+    step, and what is done is kept and reused."""
+    from draftline.completion.engine import Engine, EngineConfig
+
+    engine = Engine(engine.lm, EngineConfig(k=3, max_tokens=48))  # with the default request budget
+    src = stdlib_source("textwrap.py")[:4000]  # ~900 tokens: several steps
+    doc = "file:///p4-prefill.py"
+    with ForwardCounter(engine.net, trigger=3) as fc:
         with pytest.raises(Cancelled):
-            engine.prepare("file:///p4-prefill.py", src, len(src), fc.cancel)
-    assert fc.at_set == 2
-    assert fc.started_after_cancel == 0  # the chunk in flight finished; no other started
-    # the cache stays consistent: the next request works, reusing the computed chunks
-    res = engine.complete("file:///p4-prefill.py", src, len(src), max_tokens=4)
-    assert res.tokens["prompt"] > 512 and res.tokens["computed"] < res.tokens["prompt"] - 256
+            while engine.prepare(doc, src, len(src), fc.cancel).more:
+                pass
+    assert fc.at_set == 3
+    assert fc.started_after_cancel == 0  # the step in flight finished; no other started
+    cache = engine.cache_of(doc)
+    step = engine.config.backfill_step
+    assert 2 * step < len(cache.tokens) <= 3 * step  # the three steps, nearest the cursor
+    # the cache stays consistent: the next request answers from it, computing almost nothing
+    res = engine.complete(doc, src, len(src), max_tokens=4)
+    assert res.tokens["prompt"] >= len(cache.tokens) and res.tokens["computed"] < 32
 
 
 @pytest.mark.parametrize("method", ["superposed", "batched", "beam", "sequential", "greedy"])
@@ -48,7 +60,8 @@ def test_cancel_during_decoding_stops_within_one_step(engine, method):
     head = src[src.index("class JSONDecoder(object):"):]
     text = head[: head.index("    def decode(self, s, _w=WHITESPACE.match):")]
     text = text[-3000:] + "    def decode(self, s, _w=WHITESPACE.match):\n"
-    engine.prepare("file:///p4-decode.py", text, len(text))  # synced: complete() only decodes now
+    while engine.prepare("file:///p4-decode.py", text, len(text)).more:  # synced: complete() only decodes now
+        pass
     # without a cancel the request runs several forward passes (first logits, then steps)
     with ForwardCounter(engine.net, trigger=10**9) as fc:
         engine.complete("file:///p4-decode.py", text, len(text), cancel=fc.cancel, method=method)
@@ -86,7 +99,7 @@ def test_drafts_are_sanitized(engine):
     pr = engine.prompt_for("file:///p12-unit.py", text, len(text))
     payload = pr.heal + "y = '\u202eab\u2066c\u2069\x00d'"
     d = Draft(tokens=engine.tok.encode(payload), logprob=-1.0)
-    out = engine._finish(pr, [d], None)
+    out = engine._finish(pr, [d], None)[0]
     assert out and inert(out[0].text)
     assert out[0].text == "y = 'abcd'"
 

@@ -120,23 +120,29 @@ def test_prompt_stays_within_context_tokens(tiny):
         assert len(eng.cache_of("file:///big.py").tokens) <= eng.context_tokens
 
 
+def prefill(eng, doc: str, text: str, cursor: int) -> None:
+    """What the server does in idle time: prepare steps until the window is whole."""
+    while eng.prepare(doc, text, cursor).more:
+        pass
+
+
 def test_kv_caches_stay_under_the_lru_budget(tiny):
     from draftline.completion.engine import Engine, EngineConfig
 
     eng = Engine(tiny, EngineConfig(k=1, max_tokens=4, context_tokens=512))
     src = big_source()
     cur = len(src) // 2  # same cursor everywhere: caches of equal size
-    eng.prepare("file:///d0.py", src, cur)
+    prefill(eng, "file:///d0.py", src, cur)
     one = eng.caches.nbytes
     assert one > 0
     eng.caches.budget_bytes = int(one * 2.5)  # room for two documents' caches
     for i in range(1, 8):
-        eng.prepare(f"file:///d{i}.py", src, cur)
+        prefill(eng, f"file:///d{i}.py", src, cur)
         assert eng.caches.nbytes <= eng.caches.budget_bytes
         assert f"file:///d{i}.py" in eng.caches.caches  # the document in use is never evicted
     assert list(eng.caches.caches) == ["file:///d6.py", "file:///d7.py"]  # least recently used went first
     eng.complete("file:///d6.py", src, cur)  # touching d6 makes d7 the oldest
-    eng.prepare("file:///d8.py", src, cur)
+    prefill(eng, "file:///d8.py", src, cur)
     assert list(eng.caches.caches) == ["file:///d6.py", "file:///d8.py"]
 
 

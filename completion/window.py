@@ -1,0 +1,63 @@
+"""How much of the context window a request can afford to encode now.
+
+A cold document (just opened) or a cursor that jumped far (a thousand new tokens enter the
+window at its start) needs seconds of prefill on this CPU: a 2k-token window cost 5-7 s,
+and the request waited for all of it (issue 14: ~15 s to the first answer in a newly opened
+file).  The tokens nearest the cursor matter most, and PIE can splice the rest in later:
+a request encodes at most `cap` tokens, so its prompt starts as late as it must (a *short
+window*: the full window's end, a later start), and `Engine.prepare` grows the window
+back to the full one in the background, a step at a time, each step a gap at the front of
+the cached prompt (the new tokens attend only to each other: one step of 128 tokens costs
+~0.15 s at any context length; the cached tokens behind it move and are re-rotated, and
+are re-encoded exactly when the editor is idle, as after any edit).
+
+Measured on this machine (2026-12-04, default model): 256 tokens at the start of a window
+encode in ~0.27 s, 256 more behind 1k cached ones in ~0.8 s; the cap of a request is
+`Engine.request_cap` tokens.
+"""
+
+from __future__ import annotations
+
+from .kvcache import plan_blocks, widen
+from .prompt import WINDOW_STEP, Prompt
+
+START_STEP = 32  # a short window's start is a multiple of this: typing does not move it
+
+
+def sync_cost(cached: list[int], prompt: list[int]) -> int:
+    """Tokens the sync to `prompt` would run through the model (its last token rides with
+    the request and is not counted): the prompt minus the runs reusable from `cached`."""
+    new = prompt[:-1]
+    if not cached:
+        return len(new)
+    blocks = widen(plan_blocks(cached, new), 1, len(new))
+    return len(new) - sum(b.size for b in blocks)
+
+
+def affordable(cached: list[int], full: Prompt, make, cap: int) -> Prompt:
+    """The prompt with the earliest window start whose sync costs at most `cap` tokens.
+
+    `full`: the full window's prompt; `make(start)`: the prompt with its window starting at
+    document token `start`.  The cost falls as the start moves towards the cursor (fewer
+    tokens, and those the cache lacks are mostly at the front), so the start is found by
+    bisection over multiples of START_STEP; at worst the window holds the `cap` tokens
+    before the cursor."""
+    if sync_cost(cached, full.tokens) <= cap:
+        return full
+    end = full.body_end
+    lo = full.window_start // START_STEP + 1  # candidate starts lo * START_STEP .. hi * START_STEP
+    hi = max(lo, -(-(end - cap) // START_STEP))  # cap tokens before the cursor: always affordable
+    if hi * START_STEP >= end:
+        return make(end)
+    best = make(hi * START_STEP)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        p = make(mid * START_STEP)
+        if sync_cost(cached, p.tokens) <= cap:
+            best, hi = p, mid
+        else:
+            lo = mid + 1
+    return best
+
+
+__all__ = ["WINDOW_STEP", "START_STEP", "sync_cost", "affordable"]

@@ -1,0 +1,116 @@
+"""A request answers inside its budget (issue 14): the first line first, a short window for a
+cold or far-moved cursor grown back in idle time, answers ahead of the user."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import stdlib_source
+
+BODY = "import os\n\n\ndef join_all(parts):\n    out = []\n    for p in parts:\n"
+
+
+def engine(lm, **kw):
+    from draftline.completion.engine import Engine, EngineConfig
+
+    cfg = dict(k=3, max_tokens=48, monitors=False, first_line_ms=600_000)  # no wall-clock cut
+    cfg.update(kw)
+    return Engine(lm, EngineConfig(**cfg))
+
+
+# -- the window a request can afford --------------------------------------------------------------
+def test_a_cold_request_encodes_at_most_its_cap_nearest_the_cursor(tiny):
+    eng = engine(tiny, k=1, max_tokens=2, request_cap=96, backfill_step=64)
+    src = stdlib_source("textwrap.py")[:6000]
+    res = eng.complete("file:///w.py", src, len(src))
+    assert res.short_window and res.tokens["computed"] <= 96 + 2
+    full = eng.prompt_for("file:///w.py", src, len(src))
+    assert res.tokens["prompt"] < len(full.tokens)
+    # idle-time steps grow the window back to the full one, at most a step's tokens each
+    steps = 0
+    while True:
+        st = eng.prepare("file:///w.py", src, len(src))
+        steps += 1
+        assert st.computed <= 64 + 2
+        if not st.more:
+            break
+    assert steps > 3
+    cache = eng.cache_of("file:///w.py")
+    assert cache.tokens == full.tokens[:-1]
+    # the front was encoded last, so the rest is stale; the exact refresh makes it the full
+    # re-encode's K/V
+    assert cache.stale > 0
+    eng.refresh("file:///w.py")
+    ref = engine(tiny, k=1, max_tokens=2, latency_budget_ms=0)
+    ref.complete("file:///w.py", src, len(src))  # no budget: the whole window at once
+    n = len(full.tokens) - 1
+    rc = ref.cache_of("file:///w.py")
+    assert rc.tokens == cache.tokens
+    assert torch.allclose(cache.k[:, :, :n], rc.k[:, :, :n], atol=1e-4)
+    assert torch.allclose(cache.v[:, :, :n], rc.v[:, :, :n], atol=1e-4)
+
+
+def test_a_warm_request_never_pays_to_grow_a_short_window(tiny):
+    eng = engine(tiny, k=1, max_tokens=2, request_cap=320, backfill_step=64)
+    src = stdlib_source("textwrap.py")[:8000]
+    eng.complete("file:///g.py", src, len(src))  # cold: a short window of ~320 tokens
+    text = src + "x"  # a keystroke
+    res = eng.complete("file:///g.py", text, len(text))
+    assert res.short_window and res.tokens["computed"] <= 8
+
+
+# -- the first line first --------------------------------------------------------------------------
+@pytest.mark.real_model
+def test_past_the_deadline_drafts_end_after_their_first_logical_line(default_model):
+    from draftline.completion.stops import logical_line_ends
+    from draftline.lsp.server import make_trim
+
+    text = BODY
+    slow = engine(default_model, latency_budget_ms=0, ahead=False)
+    free = slow.complete("file:///b0.py", text, len(text), trim=make_trim("python"))
+    quick = engine(default_model, latency_budget_ms=1, ahead=False)  # the deadline has passed at once
+    got = quick.complete("file:///b1.py", text, len(text), trim=make_trim("python"))
+    assert got.drafts and free.drafts
+    for d in got.drafts:  # one logical line each
+        assert logical_line_ends(d.text + "\n") == [len(d.text)], d.text
+    anchor_free = free.drafts[0].text
+    first = anchor_free[: logical_line_ends(anchor_free + "\n")[0]]
+    assert got.drafts[0].text == first  # the same first line, just sooner
+    assert got.tokens["generated"] < free.tokens["generated"] or "\n" not in anchor_free
+
+
+# -- ahead of the user -----------------------------------------------------------------------------
+@pytest.mark.real_model
+def test_typed_ahead_characters_are_answered_from_the_drafts_and_continued_when_idle(default_model):
+    from draftline.lsp.server import make_trim
+
+    eng = engine(default_model, latency_budget_ms=1)  # first line only: the rest is left for idle time
+    doc, text = "file:///a.py", BODY
+    res = eng.complete(doc, text, len(text), trim=make_trim("python"))
+    first = res.drafts[0].text
+    assert res.ahead_pending and first.strip()
+    # typing what the draft says: its rest, without the model
+    typed = text + first[:3]
+    hit = eng.ahead.lookup(doc, typed, len(typed))
+    assert hit is not None and hit[0][0] == first[3:]
+    # a character the drafts did not predict: nothing
+    assert eng.ahead.lookup(doc, text + "\x01", len(text) + 1) is None
+    # idle time: the drafts are continued past their first line; after Enter and the
+    # editor's auto-indent, the next line is known too
+    assert eng.continue_ahead(doc) >= 1
+    kept = eng.ahead.lookup(doc, text, len(text))[0][0]  # the first draft as it is known now
+    assert kept.startswith(first + "\n")
+    line2 = kept[len(first) + 1:].split("\n")[0]
+    indent = line2[: len(line2) - len(line2.lstrip())]
+    after = text + first + "\n" + indent  # Enter, and the line's indentation
+    nxt = eng.ahead.lookup(doc, after, len(after))
+    assert nxt is not None and nxt[0][0] == line2.lstrip()
+    ref = engine(default_model, latency_budget_ms=0, ahead=False).complete(
+        "file:///ref.py", text, len(text), trim=make_trim("python"))
+    if "\n" in ref.drafts[0].text:  # what the whole request would have said next
+        second = ref.drafts[0].text.split("\n")[1]
+        assert nxt[0][0].split("\n")[0] == second.lstrip()
+    # the cache was never touched by the continuation: still the request's prompt
+    pr = eng.prompt_for(doc, text, len(text))
+    assert eng.cache_of(doc).tokens == pr.tokens[:-1]
