@@ -1,8 +1,10 @@
-"""The jedi child process (see `python._ProcessWorker`): JSON lines in on stdin, one answer
-line per query out on the original stdout; anything else that prints goes to stderr.
+"""The jedi child process (see `jedi_client._ProcessWorker`): JSON lines in on stdin, one
+answer line per query out on the original stdout; anything else that prints goes to stderr.
 
 Each query names its analyzer's configuration (workspace root, extra import roots); one
-`PythonAnalyzer` per configuration keeps jedi's caches warm (and the per-type member cache).
+`jedi_backend.JediBackend` per configuration keeps jedi's caches warm (and the per-type
+member cache).  A query's ``kind`` is looked up in that backend's table of analyses
+(`JediBackend.analyses`): a message can run those and nothing else.
 Open documents arrive as {path: [hash, text or null]}: null = the text sent before.
 Runs at a lower CPU priority than the server, whose decoder wants the cores (nice 5;
 DRAFTLINE_JEDI_NICE overrides it: 0 vs 5 measured no clear difference, 4 runs at 2k).
@@ -121,11 +123,11 @@ def main() -> int:
         os.nice(NICE)
     except (AttributeError, OSError):
         pass
-    from draftline.analysis.python import PythonAnalyzer, _run_with_overlay
+    from draftline.analysis.jedi_backend import Analysis, JediBackend, run_with_overlay
 
     debug = _debug_line if os.environ.get("DRAFTLINE_LOG", "").lower() == "debug" else None
     collector = _Collector(debug)
-    analyzers: dict[tuple, PythonAnalyzer] = {}
+    backends: dict[tuple, dict[str, Analysis]] = {}  # configuration -> its analyses
     texts: dict[str, tuple[int, str]] = {}
     for line in _lines(sys.stdin.fileno(), collector.IDLE_S, collector.idle):
         try:
@@ -136,9 +138,9 @@ def main() -> int:
         try:
             root, added = msg["config"]
             key = (root, tuple(added))
-            an = analyzers.get(key)
-            if an is None:
-                an = analyzers[key] = PythonAnalyzer(root, tuple(added), isolated=False)
+            analyses = backends.get(key)
+            if analyses is None:
+                analyses = backends[key] = JediBackend(root, tuple(added)).analyses()
             docs = {}
             for path, (h, text) in (msg.get("docs") or {}).items():
                 if text is not None:
@@ -146,9 +148,9 @@ def main() -> int:
                 known = texts.get(path)
                 if known is not None and known[0] == h:
                     docs[path] = known[1]
-            fn = getattr(an, "_" + msg["kind"])
+            fn = analyses[msg["kind"]]
             t0 = time.perf_counter()
-            res = _run_with_overlay(lambda: fn(msg["before"], msg["after"], msg["path"]), docs or None)
+            res = run_with_overlay(lambda: fn(msg["before"], msg["after"], msg["path"]), docs or None)
             if debug is not None:
                 debug(f"{msg['kind']} {msg['before'][-30:]!r}: {(time.perf_counter() - t0) * 1000:.0f} ms")
             if res is None:

@@ -25,7 +25,7 @@ import logging
 import re
 from dataclasses import dataclass
 
-from . import python as py
+from . import lexing
 from .syntax import language_for, new_parser, walk
 
 log = logging.getLogger(__name__)
@@ -52,9 +52,7 @@ class TrimmedDraft:
 
 
 _CLOSE_OF = {"(": ")", "[": "]", "{": "}"}
-_CLOSERS = set(_CLOSE_OF.values())
 _CONTINUATION_KW = re.compile(r"(else|elif|except|finally|case)\b")
-_BRACE_CONTINUATION = re.compile(r"(else|catch|finally|while)\b")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
@@ -223,7 +221,7 @@ def _prefix_window(prefix: str, limit: int = 20_000) -> str:
 
 def _py_trim(prefix: str, draft: str, mid_line: bool) -> str:
     window = _prefix_window(prefix)
-    base = py.scan(window)
+    base = lexing.scan(window)
     prefix_open = len(base.brackets)
     cur_line = window[max(window.rfind("\n"), window.rfind("\r")) + 1:]
     blank_before_cursor = cur_line.strip() == ""
@@ -264,9 +262,9 @@ def _py_trim(prefix: str, draft: str, mid_line: bool) -> str:
             cut = stop - len(window)
             break
         nxt = lines[idx + 1][0] if idx + 1 < len(lines) else le
-        state = py.scan(full, state, len(window) + nxt)
+        state = lexing.scan(full, state, len(window) + nxt)
     out = draft[:cut]
-    end_state = py.scan(window + out, base)
+    end_state = lexing.scan(window + out, base)
     if len(end_state.brackets) > prefix_open or (base.in_code and not end_state.in_code):
         out = _cut_back_balanced(window, base, out, prefix_open)
     return out
@@ -281,7 +279,7 @@ def _ends_with_opener(text: str) -> bool:
 _CLOSER_RE = re.compile(r"[)\]}]")
 
 
-def _py_overclose(text: str, state: py.LexState, start: int, end: int) -> int | None:
+def _py_overclose(text: str, state: lexing.LexState, start: int, end: int) -> int | None:
     """Index of the first closer in text[start:end] that has no open bracket to close."""
     st = state
     pos = start
@@ -289,14 +287,14 @@ def _py_overclose(text: str, state: py.LexState, start: int, end: int) -> int | 
         m = _CLOSER_RE.search(text, pos, end)
         if m is None:
             return None
-        st = py.scan(text, st, m.start())
+        st = lexing.scan(text, st, m.start())
         if st.in_code and not st.brackets:
             return m.start()
-        st = py.scan(text, st, m.end())
+        st = lexing.scan(text, st, m.end())
         pos = m.end()
 
 
-def _cut_back_balanced(window: str, base: py.LexState, out: str, prefix_open: int) -> str:
+def _cut_back_balanced(window: str, base: lexing.LexState, out: str, prefix_open: int) -> str:
     """Longest prefix of ``out`` that ends at a line end or after a comma/closer, in code, with no
     bracket the draft opened still open."""
     full = window + out
@@ -305,7 +303,7 @@ def _cut_back_balanced(window: str, base: py.LexState, out: str, prefix_open: in
     for i, ch in enumerate(out):
         if ch in "\n,)]}":
             cand = i if ch == "\n" else i + 1
-            st = py.scan(full, st, len(window) + cand)
+            st = lexing.scan(full, st, len(window) + cand)
             if st.in_code and len(st.brackets) <= prefix_open:
                 best = cand
     return out[:best]
@@ -433,26 +431,47 @@ def parse_error_count(language: str | None, text: str) -> int | None:
     return sum(1 for n in walk(root, lambda n: n.has_error) if n.is_error or n.is_missing)
 
 
-def _window(prefix: str, suffix: str, lines_before: int = 200, lines_after: int = 100) -> tuple[str, str]:
+_TOP = re.compile(r"(def|class|async\s+def|@|import|from|if __name__)\b|[A-Za-z_][A-Za-z_0-9]*\s*=")
+
+
+def _top_level(line: str) -> bool:
+    """A line that starts a top-level statement: a definition, import or assignment at
+    column 0.  Any unindented line would do in code, but a docstring's or string's inner
+    lines are often unindented too, and a window starting inside a string turned a draft
+    that completes `def has(` correctly into 35 parse errors (attrs' _funcs.py)."""
+    return bool(line) and line[0] not in " \t" and _TOP.match(line) is not None
+
+
+def _window(prefix: str, suffix: str, lines_before: int = 200, lines_after: int = 100,
+            python: bool = True) -> tuple[str, str]:
     """A region around the cursor that starts and ends at top-level lines (cheap to parse twice)."""
-    pre_lines = prefix.split("\n")
+    top = _top_level if python else (lambda line: bool(line) and line[0] not in " \t")
+    end_at = _top_level if python else (lambda line: bool(line) and line[0] not in " \t}")
+    pre_lines = prefix[-200_000:].split("\n")
+    if len(prefix) > 200_000:
+        pre_lines = pre_lines[1:]
     start = max(0, len(pre_lines) - 1 - lines_before)
-    while start > 0 and (not pre_lines[start] or pre_lines[start][0] in " \t"):
+    while start > 0 and not top(pre_lines[start]):
         start -= 1
-    suf_lines = suffix.split("\n")
+    suf_lines = suffix[:200_000].split("\n")
     end = min(len(suf_lines), lines_after)
-    while end < len(suf_lines) and suf_lines[end] and suf_lines[end][0] in " \t}":
+    while end < len(suf_lines) and not end_at(suf_lines[end]):
         end += 1
     return "\n".join(pre_lines[start:]), "\n".join(suf_lines[:end])
 
 
-def _close_open_block(language: str | None, prefix: str, draft: str) -> str:
-    """A draft that ends by opening a block (``if x:``, ``{``) with a placeholder body: the
-    request's budget answers a block's first line first, and its body is not an error yet."""
+def _close_open_block(language: str | None, prefix: str, draft: str, open_ok: bool = False) -> str:
+    """A draft that ends by opening a block (``if x:``, ``{``) with a placeholder body (and
+    with ``open_ok``, one that ends inside brackets it opened with them closed): the
+    request's budget answers a block's first line first (or a long statement's first
+    lines), and the rest is not an error yet."""
     d = draft.rstrip()
     if not d:
         return draft
     if (language_for(language) or language) == "python":
+        st = lexing.scan(d)
+        if open_ok and st.frames:  # brackets or a string (a docstring's first lines) still open
+            return d + lexing.closers(st)
         if d.endswith(":"):
             line = (prefix + d).rsplit("\n", 1)[-1]
             return d + "\n" + line[: len(line) - len(line.lstrip())] + "    pass"
@@ -461,12 +480,12 @@ def _close_open_block(language: str | None, prefix: str, draft: str) -> str:
     return draft
 
 
-def adds_parse_errors(language: str | None, prefix: str, draft: str, suffix: str) -> bool:
+def adds_parse_errors(language: str | None, prefix: str, draft: str, suffix: str, open_ok: bool = False) -> bool:
     """Whether inserting ``draft`` at the cursor gives the surrounding code more parse errors
-    than it has without it (the ranker drops such drafts when another draft does not).  A
-    block opened at the draft's end counts as closed (see `_close_open_block`)."""
-    draft = _close_open_block(language, prefix, draft)
-    pre, suf = _window(prefix, suffix)
+    than it has without it (the engine drops such drafts).  A block opened at the draft's
+    end counts as closed, and with ``open_ok`` brackets too (see `_close_open_block`)."""
+    draft = _close_open_block(language, prefix, draft, open_ok)
+    pre, suf = _window(prefix, suffix, python=(language_for(language) or language) == "python")
     without = parse_error_count(language, pre + suf)
     if without is None:
         return False

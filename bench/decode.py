@@ -97,7 +97,8 @@ def next_line_es(nets: dict, tok, n_tasks: int) -> dict[str, float]:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from drafts import BUDGET, edit_similarity, first_line, make_tasks
 
-    from draftline.completion.decode import DecodeSpec, HealGuide, PieceIndex, decode
+    from draftline.completion.decode import decode
+    from draftline.completion.drafts import DecodeSpec, HealGuide, PieceIndex
     from draftline.completion.kvcache import DocCache
     from draftline.completion.prompt import build_prompt
     from draftline.completion.stops import StopRule

@@ -133,13 +133,11 @@ def main() -> None:
     ap.add_argument("--ks", default="1,3,5", help="k values (1 = greedy only)")
     ap.add_argument("--k5-methods", default="superposed,batched",
                     help="methods also run at k=5 (sequential at k=5 costs 5 greedy passes)")
-    ap.add_argument("--methods", default="superposed,superposed~0.25,superposed-noverify,superposed-mix,superposed+reset,batched,"
-                                         "beam,sequential")
-    ap.add_argument("--reset-after", type=int, default=8)
+    ap.add_argument("--methods", default="superposed,superposed~0.25,superposed-noverify,batched,beam,sequential")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--split", default="bench", choices=["bench", "dev"])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--sp", default="", help="superposed module overrides, e.g. TEMP=0.5,NGRAM_FLOOR=1e-6")
+    ap.add_argument("--sp", default="", help="superposed module constants, e.g. EXIT_SLACK=0.15,NGRAM_FLOOR=1e-6")
     ap.add_argument("--alpha", type=float, default=DEFAULT_ALPHA)
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--json", action="store_true")
@@ -147,7 +145,8 @@ def main() -> None:
 
     from draftline.completion import model as M
     from draftline.completion import superposed as SP
-    from draftline.completion.decode import DecodeSpec, HealGuide, PieceIndex, decode
+    from draftline.completion.decode import decode
+    from draftline.completion.drafts import DecodeSpec, HealGuide, PieceIndex
     from draftline.completion.kvcache import DocCache
     from draftline.completion.ngram import NGram, doc_key, scan_workspace
     from draftline.completion.prompt import build_prompt
@@ -172,14 +171,10 @@ def main() -> None:
         for m in methods:
             if k != 3 and m not in k5:
                 continue
-            base = m.split("~")[0].split("+")[0].replace("-no-ngram", "").replace("-mix", "").replace("-noverify", "")
+            base = m.split("~")[0].replace("-no-ngram", "").replace("-noverify", "")
             extra = {}
-            if "-mix" in m:  # free mixing: gamma = softmax(scores), no greedy anchor
-                extra["sp"] = {"ANCHOR": 0.0}
             if "~" in m:  # superposed~0.2: another alpha (tuning runs)
                 extra["alpha"] = float(m.split("~")[1])
-            if "+reset" in m:
-                extra["reset_after"] = args.reset_after
             if "-noverify" in m:  # superposed without the exact verification of the alternatives
                 extra["verify"] = False
             if m.endswith("-no-ngram"):
@@ -210,16 +205,9 @@ def main() -> None:
             spec = DecodeSpec(k=k, max_tokens=MAX_TOKENS, stop=StopRule(pr.heal, True, 0),
                               heal=HealGuide(pieces, pr.heal) if pr.heal else None, method=method,
                               ngram=None if extra.get("no_ngram") else ng, alpha=extra.get("alpha", args.alpha),
-                              reset_after=extra.get("reset_after", 0), verify=extra.get("verify", True))
+                              verify=extra.get("verify", True))
             torch.manual_seed(1000 + ti)
-            saved = {name: getattr(SP, name) for name in extra.get("sp", {})}
-            for name, val in extra.get("sp", {}).items():
-                setattr(SP, name, val)
-            try:
-                drafts, st = decode(cache, pr.tokens, tok, spec)
-            finally:
-                for name, val in saved.items():
-                    setattr(SP, name, val)
+            drafts, st = decode(cache, pr.tokens, tok, spec)
             lines = [first_line(d, tok, pr.heal) for d in drafts]
             lines = [x for x in lines if x is not None]
             top = max(drafts, key=lambda d: d.logprob) if drafts else None
@@ -271,7 +259,7 @@ def main() -> None:
         out = dict(method=best.split("@")[0], k=3, cost_vs_greedy=round(b["cost_vs_greedy"], 3),
                    em_greedy=round(g["em_any"], 4), es_greedy=round(g["es_any"], 4),
                    em_any_k=round(b["em_any"], 4), es_any_k=round(b["es_any"], 4), tasks=len(tasks),
-                   threads=torch.get_num_threads(), max_tokens=MAX_TOKENS, reset_after=args.reset_after,
+                   threads=torch.get_num_threads(), max_tokens=MAX_TOKENS,
                    methods={l: {k: round(v, 4) for k, v in s.items()} for l, s in S.items()})
         print(json.dumps(out))
 

@@ -118,7 +118,7 @@ def select_file(job: tuple) -> list[dict]:
     rng = random.Random(f"{seed}:{rel}")
     k = rng.randrange(len(cands))
     cands = cands[k:] + cands[:k]
-    env, project = an._jedi_objects()
+    env, project = an.backend.jedi_objects()
     script = jedi.Script(src, path=path, environment=env, project=project)
     sites: list[dict] = []
     n_mod = n_self = 0
@@ -134,7 +134,7 @@ def select_file(job: tuple) -> list[dict]:
         if module and n_mod >= max_modules:
             continue
         try:
-            res = an._members(src[: dot + 1], "", path)
+            res = an.backend.members(src[: dot + 1], "", path)
         except Exception:
             continue
         if res is None or member not in res.names:
@@ -153,7 +153,7 @@ _SEL = None
 def _selector():
     global _SEL
     if _SEL is None:
-        from draftline.analysis.python import PythonAnalyzer
+        from draftline.analysis.jedi_client import PythonAnalyzer
 
         _SEL = PythonAnalyzer()
     return _SEL
@@ -202,7 +202,8 @@ def main() -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     from draftline.completion import model as M
-    from draftline.completion.decode import DecodeSpec, HealGuide, decode
+    from draftline.completion.decode import decode
+    from draftline.completion.drafts import DecodeSpec, HealGuide
     from draftline.completion.engine import Engine, EngineConfig
     from draftline.completion.guides import monitor_guides, warm_up
 

@@ -97,7 +97,7 @@ def run_draftline(work, threads: int, max_tokens: int, k: int) -> tuple[list[flo
 
     from draftline.completion import model as M
     from draftline.completion.engine import Engine, EngineConfig
-    from draftline.lsp.server import make_trim
+    from draftline.completion.guides import make_trim
 
     torch.set_num_threads(threads)
     eng = Engine(M.load(None), EngineConfig(k=k, max_tokens=max_tokens))

@@ -108,7 +108,8 @@ def next_logits(cache, prompt: list[int]) -> torch.Tensor:
 
 
 def greedy_line(cache, pr, tok, pieces) -> str:
-    from draftline.completion.decode import DecodeSpec, HealGuide, decode
+    from draftline.completion.decode import decode
+    from draftline.completion.drafts import DecodeSpec, HealGuide
     from draftline.completion.stops import StopRule
 
     spec = DecodeSpec(k=1, max_tokens=40, stop=StopRule(pr.heal, True, 0),
@@ -173,7 +174,7 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     from draftline.completion import model as M
-    from draftline.completion.decode import PieceIndex
+    from draftline.completion.drafts import PieceIndex
 
     torch.set_num_threads(a.threads)
     lm = M.load(None)

@@ -17,7 +17,10 @@ splits of five packages each, `--split dev|test|all`; the standard library with
     mid_line    another line cut in its middle (after `(`, `=`, `.` or a word), request
   huge (--huge): a ~3 MB file made of one package's modules: open + request, edit + request
 
-Each request waits for its answer before the next edit (a fast typist's worst case).  The
+Each request waits for its answer before the next edit; between two actions that are not
+keystrokes of one line (after a first answer, before an edit elsewhere) the user thinks for
+`--think` seconds (default 1.0: moving the cursor ~50 lines up to edit takes at least that);
+keystrokes follow each answer at once (a fast typist's worst case).  The
 expected text is what the file really has there: the line (from the cursor to its end).
 Reported per kind: p50/p90/p99 of the wall time from the request to its answer, the
 server's stage breakdown (median ms per stage, `draftline/status {"recent": N}`), exact
@@ -192,7 +195,7 @@ def junk_of(drafts: list[str], prefix: str, suffix: str) -> list[str | None]:
     for i, d in enumerate(drafts):
         r = junk_reason(d, drafts[:i])
         if r is None:
-            if adds_parse_errors("python", prefix, d, suffix):
+            if adds_parse_errors("python", prefix, d, suffix, open_ok=True):  # (a long statement's first lines)
                 r = "parse"
         out.append(r)
     return out
@@ -200,12 +203,15 @@ def junk_of(drafts: list[str], prefix: str, suffix: str) -> list[str | None]:
 
 # -- the two clients -------------------------------------------------------------------------------
 class Draftline:
-    name = "draftline"
-
-    def __init__(self, init: dict):
+    def __init__(self, init: dict, name: str = "draftline"):
+        self.name = name
         self.srv = LspProcess(init_options=init)
         self.version: dict[str, int] = {}
-        self.srv.request("draftline/status", {})
+        t = time.perf_counter()
+        while not self.srv.request("draftline/status", {}).get("model"):  # loaded (and warmed up)
+            if time.perf_counter() - t > 300:
+                raise RuntimeError("the model did not load in 300 s")
+            time.sleep(0.2)
 
     def open(self, uri: str, text: str) -> None:
         self.version[uri] = 1
@@ -272,8 +278,14 @@ def offset(text: str, line: int, col: int) -> int:
 
 
 # -- the replay ------------------------------------------------------------------------------------
+THINK_S = 1.0
+
+
 def run_case(cl, case: dict, kinds: set[str], rec: list[dict], tag: str) -> None:
     lines = case["text"].split("\n")
+
+    def think() -> None:
+        time.sleep(THINK_S)
 
     def ask(uri: str, doc: str, line: int, col: int, kind: str, expected: str) -> None:
         ms, drafts, server = cl.ask(uri, doc, line, col)
@@ -295,6 +307,7 @@ def run_case(cl, case: dict, kinds: set[str], rec: list[dict], tag: str) -> None
                                ("edit_near", case["near"], case["snippet_near"])):
             if kind not in kinds:
                 continue
+            think()
             ind = indent_of(lines[at])
             new = "".join(ind + s + "\n" if s else "\n" for s in snip.rstrip("\n").split("\n"))
             line_no = at + (cur - la)
@@ -304,11 +317,12 @@ def run_case(cl, case: dict, kinds: set[str], rec: list[dict], tag: str) -> None
             ask(uri, doc, cur, 0, kind, lines[la])
         ind = indent_of(lines[la])
         if ind and ("indent" in kinds or "typing" in kinds):
+            think()
             cl.edit(uri, cur, 0, cur, 0, ind)
-            doc = doc[: len(doc) - 1] + ind + "\n" if doc.endswith("\n") else doc + ind
+            doc = doc_after(doc, cur, ind)
             if "indent" in kinds:
                 ask(uri, doc, cur, len(ind), "indent", lines[la][len(ind):])
-        if "typing" in kinds and cl.name == "draftline":
+        if "typing" in kinds and cl.name.startswith("draftline"):
             col = len(ind)
             for ch in lines[la][len(ind):].rstrip():
                 cl.edit(uri, cur, col, cur, col, ch)
@@ -331,6 +345,7 @@ def run_case(cl, case: dict, kinds: set[str], rec: list[dict], tag: str) -> None
                          ("mid_line", case["lb_mid"])):
             if kind not in kinds:
                 continue
+            think()
             full = lines[ln]
             col = 0 if kind == "line_start" else len(indent_of(full)) if kind == "after_indent" else mid_cut(full)
             cl.edit(uri, ln, col, ln, len(ls[ln]), "")
@@ -416,19 +431,22 @@ def summarize(rec: list[dict]) -> dict:
 
 
 def print_table(summ: dict) -> None:
-    dl = summ.get("draftline", {})
     peer = summ.get("llama.vim", {})
-    print(f"\n{'kind':13s} {'n':>4s} {'p50':>7s} {'p90':>7s} {'p99':>7s} | {'EM1':>5s} {'EMany':>5s} "
-          f"{'ES1':>5s} {'ESbest':>6s} {'junk':>5s}" + (" | peer p50   p90  ES1  ratio" if peer else ""))
-    for kind, s in dl.items():
-        line = (f"{kind:13s} {s['n']:4d} {s['p50']:7.0f} {s['p90']:7.0f} {s['p99']:7.0f} | {s['em_first']:5.2f} "
-                f"{s['em_any']:5.2f} {s['es_first']:5.2f} {s['es_best']:6.2f} {s['junk']:5.2f}")
-        p = peer.get(kind)
-        if p:
-            line += f" | {p['p50']:6.0f} {p['p90']:6.0f} {p['es_first']:4.2f} {p['p50'] / s['p50']:6.1f}x"
-        print(line)
-    for kind, s in dl.items():
-        print(f"  {kind:13s} stages p50 (ms): {s['stages_p50']}  sources {s.get('sources')}  junk {s['junk_kinds']}")
+    for tool, dl in summ.items():
+        if tool == "llama.vim":
+            continue
+        print(f"\n{tool}\n{'kind':13s} {'n':>4s} {'p50':>7s} {'p90':>7s} {'p99':>7s} | {'EM1':>5s} {'EMany':>5s} "
+              f"{'ES1':>5s} {'ESbest':>6s} {'junk':>5s}" + (" | peer p50    p90  EM1  ES1  ratio" if peer else ""))
+        for kind, s in dl.items():
+            line = (f"{kind:13s} {s['n']:4d} {s['p50']:7.0f} {s['p90']:7.0f} {s['p99']:7.0f} | {s['em_first']:5.2f} "
+                    f"{s['em_any']:5.2f} {s['es_first']:5.2f} {s['es_best']:6.2f} {s['junk']:5.2f}")
+            p = peer.get(kind)
+            if p:
+                line += (f" | {p['p50']:8.0f} {p['p90']:6.0f} {p['em_first']:4.2f} {p['es_first']:4.2f} "
+                         f"{p['p50'] / s['p50']:6.1f}x")
+            print(line)
+        for kind, s in dl.items():
+            print(f"  {kind:13s} stages p50 (ms): {s['stages_p50']}  sources {s.get('sources')}  junk {s['junk_kinds']}")
 
 
 def main() -> int:
@@ -441,10 +459,14 @@ def main() -> int:
     ap.add_argument("--no-draftline", action="store_true")
     ap.add_argument("--huge", action="store_true")
     ap.add_argument("--init", default="{}", help="initializationOptions (JSON) for draftline")
+    ap.add_argument("--init2", help="a second draftline server with these options, taking turns with the first")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--think", type=float, default=THINK_S, help="seconds between actions that are not keystrokes")
     ap.add_argument("--dump", help="write every request's record (JSON lines) here")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
+    global THINK_S
+    THINK_S = a.think
     packages = a.packages.split(",") if a.packages else (SPLITS["dev"] + SPLITS["test"] if a.split == "all"
                                                         else SPLITS[a.split])
     kinds: set[str] = set()
@@ -461,6 +483,9 @@ def main() -> int:
     print(f"replay: {len(cases)} cases from {', '.join(packages)}; kinds {sorted(kinds)}", flush=True)
     init = {"debounceMs": 50, **json.loads(a.init)}
     tools = ([] if a.no_draftline else [Draftline(init)]) + ([Peer()] if a.peer else [])
+    if a.init2:
+        init2 = {"debounceMs": 50, **json.loads(a.init2)}
+        tools.append(Draftline(init2, name=f"draftline {json.dumps(json.loads(a.init2), separators=(',', ':'))}"))
     rec: list[dict] = []
     t0 = time.time()
     try:
@@ -469,7 +494,7 @@ def main() -> int:
                 run_case(cl, c, kinds, rec, f"{i}")
             last = [r for r in rec if r["case"] == c["name"]]
             print(f"  [{i + 1}/{len(cases)}] {c['name']}: " + ", ".join(
-                f"{r['tool'][:4]}:{r['kind']} {r['ms']:.0f}" for r in last if r["kind"] != "typing"), flush=True)
+                f"{r['tool'][:4]}{'2' if r['tool'].startswith('draftline ') else ''}:{r['kind']} {r['ms']:.0f}" for r in last if r["kind"] != "typing"), flush=True)
         if a.huge:
             for cl in tools:
                 run_huge(cl, rec)
@@ -481,10 +506,11 @@ def main() -> int:
             for r in rec:
                 f.write(json.dumps(r) + "\n")
     summ = summarize(rec)
-    print(f"\nreplay done in {time.time() - t0:.0f} s, {time.strftime('%Y-%m-%d %H:%M')}, init {init}")
+    print(f"\nreplay done in {time.time() - t0:.0f} s, {time.strftime('%Y-%m-%d %H:%M')}, think {THINK_S} s, init {init}"
+          + (f", second server {a.init2}" if a.init2 else ""))
     print_table(summ)
     if a.json:
-        print(json.dumps({"cases": len(cases), "packages": packages, "init": init, "summary": summ}))
+        print(json.dumps({"cases": len(cases), "packages": packages, "init": init, "think_s": THINK_S, "summary": summ}))
     return 0
 
 

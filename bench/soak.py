@@ -26,7 +26,8 @@ import sys
 import time
 from pathlib import Path
 
-from draftline.lsp.testing import RawServer, exactly_once
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' clients and fake engine
+from support.clients import RawServer, exactly_once  # noqa: E402
 
 SNIPPETS = ["x", "e", " ", "(", ")", ".", "_", "self.", "return ", "\n", "\n    ", "é", "😀", "\r\n", "# todo\n",
             "for i in range(n):\n        ", "import os\n"]

@@ -23,13 +23,14 @@ the continuation is dropped.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass, field
 
 import torch
 
-from .decode import DecodeSpec, DecodeStats, Draft, _extend, tree_step
+from .drafts import DecodeSpec, DecodeStats, Draft, apply_mask, extend, mask_for, tree_mask, tree_step
 from .kvcache import Cancelled, DocCache
 from .stops import logical_line_ends, make_stop
 from .tokens import Tokenizer
@@ -49,6 +50,11 @@ class Entry:
     texts: tuple[str, ...]
     replace: tuple[int, ...]  # characters of `suffix` each draft replaces
     created: float = field(default_factory=time.monotonic)
+    # the drafts as decoded (heal included), for `reverify`: their tokens, and whether each
+    # ended by its stop rule or a stop token (not cut by the budget, a loop or max_tokens)
+    heal: str = ""
+    raw: tuple[tuple[int, ...], ...] = ()
+    natural: tuple[bool, ...] = ()
 
 
 @dataclass
@@ -117,6 +123,87 @@ class AheadStore:
         return None
 
 
+    def previous(self, doc: str, prefix: str, suffix: str, heal: str) -> Entry | None:
+        """The newest kept answer for the same place in the document: the same text for
+        LOCAL characters before and after the cursor and the same healed text (an edit
+        elsewhere changed the rest), with its anchor draft ended naturally."""
+        for e in self._by_doc.get(doc, ()):
+            if (e.raw and e.natural and e.natural[0] and e.heal == heal
+                    and prefix[-LOCAL:] == e.prefix[-LOCAL:] and suffix[:LOCAL] == e.suffix[:LOCAL]):
+                return e
+        return None
+
+
+#: characters around the cursor that must be unchanged for a kept answer to be re-verified
+LOCAL = 400
+
+
+def reverify(cache: DocCache, prompt: list[int], e: Entry, tok: Tokenizer, spec: DecodeSpec,
+             first: torch.Tensor | None, st: DecodeStats) -> list[Draft] | None:
+    """The answer kept for this place, checked against the prompt as it is now in ONE
+    forward: its drafts fed as a token tree after the prompt.  The anchor is kept only if
+    every one of its tokens is the argmax of the (guide-masked) distribution before it, i.e.
+    exactly what greedy decoding would write now, and its stop rule (or the budget) ends it
+    within them;
+    the others get their exact log-probabilities and are dropped when a token's probability
+    is under VERIFY_MIN_P (as superposed decoding's own verification does).  None: the anchor
+    changed, decode as usual.
+
+    Why: after an edit far above the cursor the same request comes again (VS Code asks
+    again, the user comes back), and its answer is nearly always the same; a tree forward of
+    ~40 rows costs a fraction of the ~15 sequential steps of the first line.  The cache's
+    prompt is untouched: the tree lives in scratch slots after it."""
+    from .superposed import VERIFY_MIN_P
+
+    n = len(prompt)
+    seqs = [list(t) for t in e.raw if t]
+    if not seqs or cache.tokens != prompt[:-1]:
+        return None
+    net = cache.net
+    rows: list[int] = []
+    pos: list[int] = []
+    if first is None:  # the prompt's last token is not in yet: it leads the tree (slot n-1)
+        rows, pos = [prompt[-1]], [n - 1]
+    start = n - len(rows)  # the slot of the tree's first row
+    slots_of: list[list[int]] = []
+    starts: list[int] = []  # each draft's first row
+    for t in seqs:
+        starts.append(len(rows))
+        slots_of.append([start + len(rows) + j for j in range(len(t))])
+        rows += t
+        pos += [n + j for j in range(len(t))]
+    R = len(rows)
+    cache.reserve(start + R + 1)
+    visible = [[]] * (len(rows) - sum(map(len, seqs))) + [own[: q + 1] for own in slots_of for q in range(len(own))]
+    mask = tree_mask(R, start + R, n, visible)  # every row sees the prompt [0, n), drafts their own rows
+    with cache.lock:
+        out = net.forward(torch.tensor(rows), torch.tensor(pos), cache.k, cache.v, start, mask=mask,
+                          logits_rows=slice(None))
+    st.steps += 1
+    z0 = first if first is not None else out[0]
+    drafts: list[Draft] = []
+    for i, t in enumerate(seqs):
+        d = Draft()
+        ok = True
+        for j, tid in enumerate(t):
+            z = z0 if j == 0 else out[starts[i] + j - 1]
+            lp = torch.log_softmax(apply_mask(z, mask_for(spec, d.text, anchor=i == 0)), -1)
+            if i == 0 and int(lp.argmax()) != tid:
+                return None  # the anchor would be written differently now
+            if i > 0 and float(lp[tid]) < math.log(VERIFY_MIN_P):
+                ok = False
+                break
+            extend(d, tid, float(lp[tid]), tok, spec)
+            if d.done:  # its stop rule, or the request's budget, ends it here now
+                break
+        if i == 0 and not d.done:
+            return None  # the anchor would go on now
+        if ok:
+            drafts.append(d)
+    st.tokens += sum(len(d.tokens) for d in drafts)
+    return drafts
+
+
 def stop_here(prefix: str, suffix: str, rest: str) -> str:
     """`rest` cut where a request at this cursor would end its drafts (`stops.make_stop`)."""
     rule = make_stop(prefix, suffix, "")
@@ -158,11 +245,8 @@ def continue_drafts(cache: DocCache, p: Pending, tok: Tokenizer, cancel: threadi
             last_row.append(len(rows) - 1)
         R = len(rows)
         S = n - 1 + R
-        mask = torch.zeros(R, S, dtype=torch.bool)
-        mask[:, : n] = True
-        for i, own in enumerate(slots_of):
-            for q, slot in enumerate(own):
-                mask[slot - (n - 1), own[: q + 1]] = True
+        visible = [[]] + [own[: q + 1] for own in slots_of for q in range(len(own))]
+        mask = tree_mask(R, S, n, visible)
         if cancel is not None and cancel.is_set():
             raise Cancelled()
         out = net.forward(torch.tensor(rows), torch.tensor(pos), cache.k, cache.v, n - 1, mask=mask,
@@ -183,7 +267,7 @@ def continue_drafts(cache: DocCache, p: Pending, tok: Tokenizer, cancel: threadi
                     continue
                 t = int(z[i].argmax())
                 spec.stop = rules[i]
-                _extend(d, t, 0.0, tok, spec)
+                extend(d, t, 0.0, tok, spec)
                 if len(d.tokens) >= limits[i]:
                     d.done = True
             active = [i for i, d in enumerate(drafts) if not d.done]

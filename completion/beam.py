@@ -2,7 +2,7 @@
 
 The beams' tokens live at scratch slots >= n; each beam keeps the list of slots holding its
 tokens, and a step feeds the k beams' last tokens as one forward of k rows whose mask lets
-row i see the prompt and beam i's own slots (the tree-attention trick of `decode._batched`).
+row i see the prompt and beam i's own slots (the token tree of `drafts.tree_step`).
 Re-ranking beams never copies K/V: a child inherits its parent's slot list.
 
 Each step expands every beam by its top k tokens (after its guide mask), ranks the k x k
@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from .decode import DecodeSpec, DecodeStats, Draft, _apply, _check_cancel, _extend, _mask_for
+from .drafts import (DecodeSpec, DecodeStats, Draft, apply_mask, check_cancel, extend, mask_for,
+                     text_key, tree_mask)
 from .kvcache import DocCache
-from .superposed import ensure_capacity
 from .tokens import Tokenizer
 
 
@@ -29,13 +29,10 @@ def beam(cache: DocCache, n: int, logits: torch.Tensor, tok: Tokenizer, spec: De
     finished: list[Draft] = []
     taken: set[str] = set()
 
-    def key(d: Draft) -> str:
-        return d.text[: d.cut] if d.cut is not None else d.text
-
     def select(parents: list[tuple[Draft, list[int]]], outs: list[torch.Tensor]) -> list[tuple[Draft, list[int]]]:
         cands: list[tuple[float, int, int, float]] = []
         for pi, ((d, _), z) in enumerate(zip(parents, outs)):
-            lp = torch.log_softmax(_apply(z, _mask_for(spec, d.text)), -1)
+            lp = torch.log_softmax(apply_mask(z, mask_for(spec, d.text)), -1)
             v, i = torch.topk(lp, min(k + 1, lp.shape[0]))
             for lv, t in zip(v.tolist(), i.tolist()):
                 if lv != float("-inf"):
@@ -48,8 +45,8 @@ def beam(cache: DocCache, n: int, logits: torch.Tensor, tok: Tokenizer, spec: De
                 break
             d, slots = parents[pi]
             child = Draft(tokens=list(d.tokens), text=d.text, logprob=d.logprob)
-            _extend(child, t, lv, tok, spec)
-            kk = key(child)
+            extend(child, t, lv, tok, spec)
+            kk = text_key(child)
             if child.done:
                 if kk not in taken:
                     taken.add(kk)
@@ -67,17 +64,12 @@ def beam(cache: DocCache, n: int, logits: torch.Tensor, tok: Tokenizer, spec: De
         finished.sort(key=lambda d: -d.logprob)
         if len(finished) >= k and alive[0][0].logprob <= finished[k - 1].logprob:
             break
-        _check_cancel(spec)
+        check_cancel(spec)
         T = len(alive)
         S = nxt + T
-        mask = torch.zeros(T, S, dtype=torch.bool)
-        mask[:, :n] = True
-        rows = []
-        for r, (d, slots) in enumerate(alive):
-            slots = slots + [nxt + r]
-            mask[r, slots] = True
-            rows.append((d, slots))
-        ensure_capacity(cache, S + 1, keep=nxt)
+        rows = [(d, slots + [nxt + r]) for r, (d, slots) in enumerate(alive)]
+        mask = tree_mask(T, S, n, [slots for _, slots in rows])
+        cache.reserve(S + 1)  # (every slot kept: the prompt, the last prompt token, the beams)
         ids = torch.tensor([d.tokens[-1] for d, _ in rows])
         pos = torch.tensor([n + len(d.tokens) - 1 for d, _ in rows])
         out = net.forward(ids, pos, cache.k, cache.v, nxt, mask=mask if T > 1 or nxt > n else None,

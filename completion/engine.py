@@ -16,8 +16,11 @@ from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from .ahead import AheadStore, Entry, Pending, continue_drafts
-from .decode import DecodeSpec, Draft, HealGuide, PieceIndex, decode
+import torch
+
+from .ahead import AheadStore, Entry, Pending, continue_drafts, reverify
+from .decode import decode
+from .drafts import DecodeSpec, DecodeStats, Draft, HealGuide, PieceIndex
 from .junk import cut_loop
 from .kvcache import CacheStore, Cancelled, DocCache, SyncStats
 from .model import LoadedModel
@@ -102,6 +105,7 @@ class DocContext:
     language: str = ""
     others: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # uri -> text
     monitors: Any = None  # a copy of the monitor settings (None: the defaults)
+    jedi: bool = True  # False: tree-sitter scopes only (a document too large for jedi)
 
 
 @dataclass
@@ -159,10 +163,28 @@ class Engine:
         self.texts: dict[str, TokenizedText] = {}
         self.bases: dict[str, int] = {}  # huge documents: where the tokenized window starts
         self.pieces = PieceIndex(self.tok)
-        self.guide_factory = None  # set by the server: (doc, prompt, DocContext) -> list[Guide]
-        self.ngram = None  # completion.ngram.NGram of the workspace, set by the server
+        self.guide_factory = None  # (doc, prompt, DocContext) -> list[Guide] (completion.build)
+        self.trim_for = None  # language -> trim function (completion.build)
+        self.ngram = None  # completion.ngram.NGram of the workspace, when its weight is above 0
         self.retokenized_chars = 0
         self.ahead = AheadStore()
+
+    def warm_up(self) -> float:
+        """Run each forward shape a request uses once (a prefill chunk, a sync's rows, a
+        decode step, a draft tree) on a scratch cache: the first forward of a shape pays for
+        kernel setup, and the first request after a start took ~1.5 s more than the next
+        ones (replay, 2026-12-04).  Returns the seconds it took (~1 s here)."""
+        t0 = time.perf_counter()
+        net = self.net
+        k, v = net.new_cache(512)
+        ids = torch.arange(300) % max(1, self.tok.vocab_size - 1)
+        net.forward(ids[:256], torch.arange(256), k, v, 0, logits_rows=None)
+        net.forward(ids[256:290], torch.arange(256, 290), k, v, 256)
+        for start in (290, 291):
+            net.forward(ids[:1], torch.tensor([start]), k, v, start)
+        mask = torch.ones(3, 295, dtype=torch.bool)
+        net.forward(ids[:3], torch.tensor([292, 292, 292]), k, v, 292, mask=mask, logits_rows=slice(None))
+        return time.perf_counter() - t0
 
     # -- documents -------------------------------------------------------------------------
     def update(self, doc: str, text: str, cursor: int | None = None) -> TokenizedText:
@@ -185,6 +207,12 @@ class Engine:
             p, s = _common_affixes(tt.text, text)
             self.retokenized_chars += tt.edit(self.tok, p, len(tt.text) - s, text[p : len(text) - s])
         return tt
+
+    def note_text(self, doc: str, text: str) -> None:
+        """An open document's text, for the workspace n-gram model (when there is one;
+        tokenized by the worker at the next request)."""
+        if self.ngram is not None:
+            self.ngram.update_text(doc, text)
 
     def close(self, doc: str) -> None:
         self.texts.pop(doc, None)
@@ -278,6 +306,8 @@ class Engine:
         request arrived (time.perf_counter()), which its budget counts from."""
         cfg = self.config
         t0 = time.perf_counter()
+        if trim is None and self.trim_for is not None and context is not None:
+            trim = self.trim_for(context.language)
         budget = cfg.latency_budget_ms / 1000
         deadline = (arrived if arrived is not None else t0) + budget if budget > 0 else None
         pr = self.request_prompt(doc, text, cursor) if budget > 0 else self.prompt_for(doc, text, cursor)
@@ -306,7 +336,16 @@ class Engine:
             if deadline else None,
         )
         cache = self.caches.get(doc)
-        drafts, ds = decode(cache, pr.tokens, self.tok, spec, first_logits=st.tail_logits)
+        drafts = None
+        prev = self.ahead.previous(doc, pr.prefix, pr.suffix, pr.heal) if cfg.ahead else None
+        if prev is not None:  # this place was answered before an edit elsewhere: check, don't decode
+            ds = DecodeStats()
+            t_r = time.perf_counter()
+            drafts = reverify(cache, pr.tokens, prev, self.tok, spec, st.tail_logits, ds)
+            ds.ms = (time.perf_counter() - t_r) * 1000
+        reused = drafts is not None
+        if drafts is None:
+            drafts, ds = decode(cache, pr.tokens, self.tok, spec, first_logits=st.tail_logits)
         st.tail_logits = None  # (SyncStats is kept in the Result: not the logits)
         outs, raws = self._finish(pr, drafts, trim)
         pending = False
@@ -319,12 +358,15 @@ class Engine:
         if spec.guides:  # monitors: their time inside the decode, and the part spent waiting on jedi
             timings["guides"] = round(sum(getattr(g, "time_s", 0.0) for g in spec.guides) * 1000, 2)
             timings["jedi"] = round(sum(getattr(g, "query_s", 0.0) for g in spec.guides) * 1000, 2)
+            note = getattr(self.guide_factory, "note", None)
+            if note is not None:
+                note(doc, timings["jedi"])
         return Result(
             drafts=outs,
             timings=timings,
             tokens={"prompt": len(pr.tokens), "generated": ds.tokens, "steps": ds.steps,
                     "computed": st.computed, "stale": cache.stale, "sync_mode": st.mode,
-                    "window": "short" if short else "full"},
+                    "window": "short" if short else "full", "reused": reused},
             sync=st,
             short_window=short,
             ahead_pending=pending,
@@ -332,7 +374,9 @@ class Engine:
 
     # -- answers ahead of the user (completion.ahead) ---------------------------------------
     def _keep_ahead(self, doc: str, pr: Prompt, outs: list[DraftOut], raws: list[Draft], trim) -> bool:
-        entry = Entry(pr.prefix, pr.suffix, tuple(o.text for o in outs), tuple(o.replace for o in outs))
+        entry = Entry(pr.prefix, pr.suffix, tuple(o.text for o in outs), tuple(o.replace for o in outs),
+                      heal=pr.heal, raw=tuple(tuple(d.tokens) for d in raws),
+                      natural=tuple(d.done and not (d.open_end or d.looped) for d in raws))
         pending = Pending(entry, list(pr.tokens), raws, pr.heal, trim, [d.open_end for d in raws])
         self.ahead.put(doc, entry, pending)
         return True
@@ -402,7 +446,7 @@ class Engine:
                 text = _whole_lines(text, partial_ok=rank == 0 and not d.looped)
                 if text is None:
                     continue
-                partial = "\n" not in text.strip("\n")
+                partial = not logical_line_ends(text.rstrip() + "\n")  # an unfinished statement
             text = cut_loop(text.rstrip())
             if text is None:
                 continue
@@ -422,9 +466,10 @@ class Engine:
             outs.append(DraftOut(text, replace, round(d.logprob, 4)))
             raws.append(d)
             clean.append(ok)
-        if any(clean):  # drop drafts that add parse errors when another draft does not
-            raws = [r for r, c in zip(raws, clean) if c]
-            outs = [o for o, c in zip(outs, clean) if c]
+        # a draft that breaks the code where it goes is junk (an opener at its end counts as
+        # a block to come: analysis.trim.adds_parse_errors)
+        raws = [r for r, c in zip(raws, clean) if c]
+        outs = [o for o, c in zip(outs, clean) if c]
         return outs, raws
 
 
@@ -437,6 +482,9 @@ def _whole_lines(text: str, partial_ok: bool) -> str | None:
         return text[:ends[-1]]
     if not partial_ok:
         return None
+    i = text.rfind("\n")
+    if i >= 0 and text[:i].strip():  # a long statement's first lines (its brackets still open)
+        return text[:i]
     cut = re.sub(r"[A-Za-z_0-9]+$", "", text)
     return cut if cut.strip() else (text if text.strip() else None)
 
@@ -445,7 +493,7 @@ _FORBIDDEN = {0} | set(range(0x202A, 0x202F)) | set(range(0x2066, 0x206A))
 
 
 def _sanitize(text: str) -> str:
-    """Suggestions are inert text: no NUL, no bidi controls (RELIABILITY P12)."""
+    """Suggestions are inert text: no NUL, no bidi controls (docs/reliability.md, P12)."""
     if any(ord(ch) in _FORBIDDEN for ch in text):
         text = "".join(ch for ch in text if ord(ch) not in _FORBIDDEN)
     return text

@@ -9,7 +9,7 @@ decoding on this machine) because nothing stopped them.
 
 Two levels, both cheap enough to run after every token:
 - `token_loop(tokens)`: the draft's last n tokens repeat the n before them LOOP_REPEATS - 1
-  times (n <= LOOP_MAX_N): decoding stops there (see `decode._extend`) and the text is cut
+  times (n <= LOOP_MAX_N): decoding stops there (see `drafts.extend`) and the text is cut
   where the loop starts.
 - `text_loop(text)`: on the decoded text, a line equal to the one before it (indentation
   included), a block of 2-4 lines that repeats at once, or a unit of 2+ characters (not one

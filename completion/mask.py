@@ -14,7 +14,7 @@ numpy pays microseconds.
 Three views of the vocabulary are precomputed: the token itself, the token after a leading
 ``.`` (``.append`` continues a member access), and the token after leading spaces/tabs
 (`` self`` starts the next word).  Byte-fallback tokens decode to ``\\ufffd`` and count as
-non-identifier tokens.  ``StepConstraint.allows`` (analysis/monitors.py) is the scalar
+non-identifier tokens.  ``StepConstraint.allows`` (analysis/constraint.py) is the scalar
 reference the masks are tested against.
 """
 
@@ -28,16 +28,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from draftline.analysis.monitors import (
+from draftline.analysis.constraint import (
     FOLLOWER_KINDS,
     QUOTE_KINDS,
-    MonitorSet,
-    MonitorSession,
     StepConstraint,
     follower_kind,
     is_ident_start,
     split_lead,
 )
+from draftline.analysis.monitors import MonitorSet
+from draftline.analysis.session import MonitorSession
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The workspace n-gram model that scores superposed drafts (DESIGN section 3).
+"""The workspace n-gram model that scores superposed drafts (docs/cache.md, "Several drafts").
 
 Counts of token n-grams (n = 1..6, over the model tokenizer's ids) from the open documents
 and the files under the workspace roots. The probability of a next token is the paper's

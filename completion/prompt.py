@@ -1,6 +1,6 @@
 """Document + cursor -> prompt tokens, with token healing and a context budget.
 
-Token healing (DESIGN section 4): the cursor is rarely on a token boundary the model saw in
+Token healing (docs/cache.md, "Token healing"): the cursor is rarely on a token boundary the model saw in
 training (a newline merges with the indentation after it, a word with the space before it).
 So the prompt stops *before* the token(s) at the cursor and the first generated tokens are
 constrained to re-type the removed text (`heal`). Without it SmolLM2 answers a cursor after

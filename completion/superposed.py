@@ -6,35 +6,30 @@ sum_i gamma_i * emb(last token of draft i) of the embedding module's outputs. Th
 next-token distribution serves all drafts: each draft takes its top 3k tokens (after its own
 guide mask: token healing, monitors), so k x 3k candidates, each scored
 
-    score(draft + t) = score(draft) + (1 - alpha) * logp_model(t) / TEMP + alpha * log p_ngram(t | draft)
+    score(draft + t) = score(draft) + (1 - alpha) * logp_model(t) + alpha * log p_ngram(t | draft)
 
 with p_ngram the workspace n-gram model (completion.ngram, n = 2..6 interpolated) over the
 prompt tail + the draft, a candidate no n-gram order supports floored at NGRAM_FLOOR (the
 paper's "large penalty"). The best candidates with distinct text fill the k draft slots.
 The first step scores the top 3k tokens of the exact distribution after the prompt.
 
-The anchor (ANCHOR = 1.0, the default): draft 1 is the greedy draft, always extended by the
-model's argmax and mixed with weight ANCHOR (the other drafts share 1 - ANCHOR by the softmax
-of their scores). At 1.0 the input row is the anchor's own token, so draft 1 is bitwise the
-greedy draft and the k - 1 others are the best-scoring branches that the same pass (model
-distribution + n-gram) supports. Why: measured on next-line tasks (bench/drafts.py, dev split)
-free mixing (ANCHOR = 0, gamma = softmax(scores)) let the superposed state and the n-gram
-pull draft 1 away from the model's choice - best-of-3 exact match fell below greedy's at the
-paper's alpha = 0.54; the paper's own code gets near one-hot weights too (its temperature
-0.06 on the model term). ANCHOR < 1 mixes the alternatives in; alpha = 0.25 (DecodeSpec
-default) measured better than the paper's 0.54 with workspace n-grams on code.
+The anchor: draft 1 is the greedy draft, always extended by the model's argmax, and the
+input row is the anchor's own token, so draft 1 is bitwise the greedy draft and the k - 1
+others are the best-scoring branches that the same pass (model distribution + n-gram)
+supports.  Why: measured on next-line tasks (bench/drafts.py, dev split) free mixing
+(gamma = softmax(scores)) let the superposed state and the n-gram pull draft 1 away from
+the model's choice - best-of-3 exact match fell below greedy's at the paper's alpha = 0.54;
+the paper's own code gets near one-hot weights too (its temperature 0.06 on the model
+term).  Once the anchor is finished, the alternatives still running are mixed by the
+softmax of their scores.  (The switches of those experiments - partial anchoring, the
+temperatures, the reset to exact decoding after m steps - are gone: no setting reached
+them and the default beat them.)
 
 Stops and early exit: per draft, the stop rule (`spec.stop`: end of line / statement /
 block) or a stop token ends it; a finished draft keeps its slot and leaves the mix. Once the
 anchor (without anchor: the best-scoring draft) is finished at step s, the others get
 max(2, ceil(EXIT_SLACK * s)) more steps and are then cut where they are (draft-level early
 exit), which bounds the pass at about (1 + EXIT_SLACK) x the greedy draft's length.
-
-Reset (the paper's remedy for long drafts: the mix stays close to the mix of the separate
-states for ~10 steps only): with `spec.reset_after = m > 0`, drafts still running after m
-superposed steps are continued exactly: their tokens are re-encoded as a token tree in one
-forward (row (i, j) sees the prompt and draft i's first j+1 tokens), then each continues
-greedily, all in one forward per step with the same tree mask (like `decode._batched`).
 
 Returned drafts: anchor first, then by score; `Draft.logprob` is the search's score, made
 non-increasing in that order so that rankers sorting by it keep it.
@@ -46,15 +41,13 @@ import math
 
 import torch
 
-from .decode import DecodeSpec, DecodeStats, Draft, _apply, _check_cancel, _extend, _mask_for, _prefetch, tree_step
+from .drafts import (DecodeSpec, DecodeStats, Draft, apply_mask, check_cancel, extend, mask_for,
+                     prefetch, text_key, tree_mask)
 from .kvcache import DocCache
 from .tokens import Tokenizer
 
 CANDIDATES_PER_DRAFT = 3  # x k: tokens each draft takes from the shared distribution
 NGRAM_FLOOR = 1e-8  # n-gram probability of a candidate no order supports
-TEMP = 1.0  # temperature of the model term in the score (the paper's code uses 0.06)
-MIX_TEMP = 1.0  # temperature of the draft weights gamma (softmax of scores)
-ANCHOR = 1.0  # > 0: draft 1 is the greedy anchor, mixed with this weight (see module doc)
 PREFETCH = True  # start the next step's analyses (guides' prefetch) before each forward
 EXIT_SLACK = 0.3  # > 0: once the anchor / best draft is done at step s, the rest get s * slack more steps
 CTX = 5  # n-gram context tokens (n = 6)
@@ -80,12 +73,10 @@ def superposed(cache: DocCache, n: int, logits: torch.Tensor, tok: Tokenizer, sp
     ng = spec.ngram
     alpha = float(spec.alpha) if ng is not None else 0.0
     tail = list(prompt[-CTX:]) if prompt is not None else list(cache.tokens[-CTX:])
-    reset_after = int(getattr(spec, "reset_after", 0) or 0)
     net = cache.net
-    ensure_capacity(cache, n + spec.max_tokens + 1, keep=n)
+    cache.reserve(n + spec.max_tokens + 1)
     ncand = CANDIDATES_PER_DRAFT * k
     log_floor = math.log(NGRAM_FLOOR)
-    anchored = ANCHOR > 0
 
     def expand(parents: list[_D], z: torch.Tensor, slots: int, taken: set[str]) -> list[_D]:
         """Score k x 3k candidates from distribution logits `z`, keep the best `slots`
@@ -93,13 +84,13 @@ def superposed(cache: DocCache, n: int, logits: torch.Tensor, tok: Tokenizer, sp
         shared = None
         tops: list[tuple[list[int], list[float]]] = []
         for p in parents:
-            m = _mask_for(spec, p.d.text, anchor=p.anchor or not anchored)
+            m = mask_for(spec, p.d.text, anchor=p.anchor)
             if m is None:
                 if shared is None:
                     shared = torch.log_softmax(z, -1)
                 lp = shared
             else:
-                lp = torch.log_softmax(_apply(z, m), -1)
+                lp = torch.log_softmax(apply_mask(z, m), -1)
             v, i = torch.topk(lp, min(ncand, lp.shape[0]))
             keep = torch.isfinite(v)
             tops.append((i[keep].tolist(), v[keep].tolist()))
@@ -110,7 +101,7 @@ def superposed(cache: DocCache, n: int, logits: torch.Tensor, tok: Tokenizer, sp
         cands: list[tuple[float, int, int, float, bool]] = []
         for pi, (p, (ts, lps), pn) in enumerate(zip(parents, tops, png)):
             for q, (t, lpv) in enumerate(zip(ts, lps)):
-                inc = lpv / TEMP
+                inc = lpv
                 if pn is not None:
                     pv = pn[q]
                     inc = (1 - alpha) * inc + alpha * (math.log(pv) if pv > 0 else log_floor)
@@ -122,8 +113,8 @@ def superposed(cache: DocCache, n: int, logits: torch.Tensor, tok: Tokenizer, sp
                 break
             p = parents[pi]
             child = Draft(tokens=list(p.d.tokens), text=p.d.text, logprob=p.d.logprob)
-            _extend(child, t, lpv, tok, spec)
-            key = _text_key(child)
+            extend(child, t, lpv, tok, spec)
+            key = text_key(child)
             if key in taken:
                 continue
             taken.add(key)
@@ -131,51 +122,42 @@ def superposed(cache: DocCache, n: int, logits: torch.Tensor, tok: Tokenizer, sp
         return out
 
     finished: list[_D] = []
-    zs: list[torch.Tensor] = []  # zs[s]: the exact distribution after anchor token s (ANCHOR = 1)
-    alive = expand([_D(Draft(), 0.0, anchored)], logits, k, set())
+    zs: list[torch.Tensor] = []  # zs[s]: the exact distribution after anchor token s
+    alive = expand([_D(Draft(), 0.0, True)], logits, k, set())
     finished += [x for x in alive if x.d.done]
     alive = [x for x in alive if not x.d.done]
     step = 0
     exit_at = None
     while alive:
-        _check_cancel(spec)
-        if reset_after and step >= reset_after:
-            _exact_continue(cache, n, n + step, [x.d for x in alive], tok, spec, st)
-            finished += alive
-            alive = []
-            break
-        if EXIT_SLACK > 0 and exit_at is None and finished:
-            lead = [x for x in finished if x.anchor] if anchored else \
-                [x for x in finished if x.score >= max(y.score for y in alive)]
-            if lead:
-                exit_at = step + max(2, math.ceil(step * EXIT_SLACK))
+        check_cancel(spec)
+        if EXIT_SLACK > 0 and exit_at is None and any(x.anchor for x in finished):
+            exit_at = step + max(2, math.ceil(step * EXIT_SLACK))
         if exit_at is not None and step >= exit_at:
             for x in alive:  # draft-level early exit: cut where they are (whole lines kept, Engine._finish)
                 x.d.done = x.d.open_end = True
             finished += alive
             break
-        scores = torch.tensor([x.score for x in alive])
-        w = torch.softmax(scores / MIX_TEMP, 0)
-        if anchored and alive[0].anchor and len(alive) > 1:
-            rest = torch.softmax(scores[1:] / MIX_TEMP, 0) * (1 - ANCHOR)
-            w = torch.cat([torch.tensor([ANCHOR]), rest])
         if PREFETCH:
-            _prefetch(spec, [x.d.text for x in alive])  # jedi works while the model runs
-        e = net.embed_tokens(torch.tensor([x.d.tokens[-1] for x in alive]))
-        xin = (e * w.to(e.dtype)[:, None]).sum(0, keepdim=True)
+            prefetch(spec, [x.d.text for x in alive])  # jedi works while the model runs
         slot = n + step
+        if alive[0].anchor:  # the anchor's own token: draft 1 is the greedy draft
+            xin = torch.tensor([alive[0].d.tokens[-1]])
+        else:  # the anchor is done: the rest mixed by their scores
+            w = torch.softmax(torch.tensor([x.score for x in alive]), 0)
+            e = net.embed_tokens(torch.tensor([x.d.tokens[-1] for x in alive]))
+            xin = (e * w.to(e.dtype)[:, None]).sum(0, keepdim=True)
         z = net.forward(xin, torch.tensor([slot]), cache.k, cache.v, slot)[0]
-        if ANCHOR == 1.0 and alive[0].anchor and len(zs) == step:
+        if alive[0].anchor and len(zs) == step:
             zs.append(z)
         step += 1
         st.steps += 1
-        taken = {_text_key(x.d) for x in finished}
+        taken = {text_key(x.d) for x in finished}
         new = expand(alive, z, k - len(finished), taken)
         finished += [x for x in new if x.d.done]
         alive = [x for x in new if not x.d.done]
     finished.sort(key=lambda x: (not x.anchor, -x.score))
-    if spec.verify and len(finished) > 1 and not reset_after:
-        _check_cancel(spec)
+    if spec.verify and len(finished) > 1:
+        check_cancel(spec)
         head = [x for x in finished if x.anchor]
         alts = _verify(cache, n, n + step, head[0].d if head else Draft(), [x for x in finished if not x.anchor],
                        zs, logits, tok, spec, st)
@@ -225,14 +207,12 @@ def _verify(cache: DocCache, n: int, nxt: int, anchor: Draft, alts: list[_D], zs
     out = None
     if rows:
         R = len(rows)
-        ensure_capacity(cache, nxt + R + 1, keep=nxt)
-        mask = torch.zeros(R, nxt + R, dtype=torch.bool)
-        mask[:, :n] = True
+        cache.reserve(nxt + R + 1)
+        visible: list[list[int]] = []  # row r: the anchor slots its draft shares, its own rows so far
         for x, j, r0, end in plans:
-            r1 = r0 + max(0, end - j)
-            mask[r0:r1, n : n + j] = True
-            for r in range(r0, r1):
-                mask[r, nxt + r0 : nxt + r + 1] = True
+            for r in range(r0, r0 + max(0, end - j)):
+                visible.append(list(range(n, n + j)) + list(range(nxt + r0, nxt + r + 1)))
+        mask = tree_mask(R, nxt + R, n, visible)
         out = net.forward(torch.tensor(rows), torch.tensor(pos), cache.k, cache.v, nxt, mask=mask,
                           logits_rows=slice(None))
         st.steps += 1
@@ -246,76 +226,13 @@ def _verify(cache: DocCache, n: int, nxt: int, anchor: Draft, alts: list[_D], zs
                 z = first if q == 0 else zs[q - 1]
             else:
                 z = out[r0 + q - j - 1]
-            lp = float(torch.log_softmax(_apply(z, _mask_for(spec, replay.text)), -1)[t])
+            lp = float(torch.log_softmax(apply_mask(z, mask_for(spec, replay.text)), -1)[t])
             if q > j and lp < min_lp:
                 ok = False
                 break
             total += lp
-            _extend(replay, t, lp, tok, spec)
+            extend(replay, t, lp, tok, spec)
         if ok:  # ranked by the exact log-probability of the checked tokens, per token
             x.d.logprob = total / max(1, min(len(x.d.tokens), end + 1))
             kept.append(x)
     return kept
-
-
-def ensure_capacity(cache: DocCache, need: int, keep: int) -> None:
-    """Grow the cache to `need` slots keeping slots [0, keep): `DocCache.reserve` copies
-    only the prompt's synced tokens, not the last prompt token (slot n-1) nor drafts."""
-    if need <= cache.capacity:
-        return
-    k_old, v_old = cache.k, cache.v
-    cache.reserve(need)
-    cache.k[:, :, :keep] = k_old[:, :, :keep]
-    cache.v[:, :, :keep] = v_old[:, :, :keep]
-
-
-def _text_key(d: Draft) -> str:
-    return d.text[: d.cut] if d.cut is not None else d.text
-
-
-def _exact_continue(cache: DocCache, n: int, nxt: int, drafts: list[Draft], tok: Tokenizer,
-                    spec: DecodeSpec, st: DecodeStats) -> list[Draft]:
-    """Re-encode the drafts exactly as a token tree at slots >= nxt, then greedy per draft,
-    one forward of len(active) rows per step (see module doc)."""
-    net = cache.net
-    ensure_capacity(cache, nxt + len(drafts) * spec.max_tokens + 1, keep=nxt)
-    rows: list[int] = []
-    pos: list[int] = []
-    owner: list[int] = []
-    for i, d in enumerate(drafts):
-        rows += d.tokens
-        pos += [n + j for j in range(len(d.tokens))]
-        owner += [i] * len(d.tokens)
-    R = len(rows)
-    S = nxt + R
-    mask = torch.zeros(R, S, dtype=torch.bool)
-    mask[:, :n] = True
-    slots_of: list[list[int]] = [[] for _ in drafts]
-    last_row: list[int] = []
-    r = 0
-    for i, d in enumerate(drafts):
-        for j in range(len(d.tokens)):
-            slots_of[i].append(nxt + r)
-            mask[r, slots_of[i]] = True
-            r += 1
-        last_row.append(r - 1)
-    out = net.forward(torch.tensor(rows), torch.tensor(pos), cache.k, cache.v, nxt, mask=mask,
-                      logits_rows=torch.tensor(last_row))
-    st.steps += 1
-    nxt = S
-    z = {i: out[q] for q, i in enumerate(range(len(drafts)))}
-    while True:
-        for i, d in enumerate(drafts):
-            if d.done or i not in z:
-                continue
-            lp = torch.log_softmax(_apply(z[i], _mask_for(spec, d.text)), -1)
-            t = int(lp.argmax())
-            _extend(d, t, float(lp[t]), tok, spec)
-        active = [i for i, d in enumerate(drafts) if not d.done]
-        if not active:
-            break
-        _check_cancel(spec)
-        out, nxt = tree_step(cache, drafts, active, slots_of, n, nxt)
-        st.steps += 1
-        z = {i: out[q] for q, i in enumerate(active)}
-    return drafts

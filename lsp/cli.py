@@ -28,7 +28,9 @@ def _logging(level: str) -> None:
     logging.getLogger("pygls").setLevel(logging.WARNING)
 
 
-def cmd_serve(a: argparse.Namespace) -> int:
+def cmd_serve(a: argparse.Namespace, engine_factory=None, extend=None) -> int:
+    """`draftline serve`; `engine_factory` / `extend(server)`: for a test's own entry point
+    (tests/support/serve.py), never reachable from the command line."""
     proto_out = None if a.tcp else _protect_stdout()
     _logging(a.log_level)
     from .config import Settings
@@ -37,7 +39,9 @@ def cmd_serve(a: argparse.Namespace) -> int:
     s = Settings()
     if a.model:
         s.model = a.model
-    ls = build_server(s, test_mode=a.test_mode)
+    ls = build_server(s, engine_factory)
+    if extend is not None:
+        extend(ls)
     if a.client_process_id:
         ls.process_id = a.client_process_id  # watched until initialize names one
     if a.tcp:
@@ -67,7 +71,7 @@ def _parse_target(t: str) -> tuple[str, int, int]:
 def cmd_complete(a: argparse.Namespace) -> int:
     _logging(a.log_level)
     path, line, col = _parse_target(a.target)
-    from .documents import lsp_offset
+    from draftline.analysis.positions import lsp_offset
     from draftline.completion import model as M
     from draftline.completion.engine import Engine, EngineConfig
 
@@ -91,8 +95,8 @@ def cmd_complete(a: argparse.Namespace) -> int:
     # one headless answer: no request budget (a whole window, drafts to their natural end)
     cfg = EngineConfig(k=a.k, max_tokens=a.max_tokens, method=a.method, latency_budget_ms=0)
     eng = Engine(lm, cfg)
-    from .server import make_trim
-    from draftline.completion.guides import monitor_guides, warm_up
+    from draftline.completion.guides import make_trim, monitor_guides, warm_up
+
     from .config import MonitorSettings
 
     if not a.no_monitors:
@@ -156,7 +160,7 @@ def cmd_model(a: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     # --log-level is accepted before and after the subcommand: editors append their flags
     # to `draftline serve` (VS Code's debug run adds `--log-level DEBUG` after it)
     common = argparse.ArgumentParser(add_help=False)
@@ -174,7 +178,6 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--clientProcessId", "--client-process-id", dest="client_process_id", type=int,
                    metavar="PID", help="exit when this process (the editor) is gone")
     s.add_argument("--model", help="HF model directory or .gguf file (default: SmolLM2-135M)")
-    s.add_argument("--test-mode", action="store_true", help=argparse.SUPPRESS)
     s.set_defaults(fn=cmd_serve)
 
     c = sub.add_parser("complete", help="print drafts for FILE:LINE:COL (1-based), headless", parents=[common])
@@ -200,7 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--model")
     d.set_defaults(fn=cmd_demo)
 
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None, engine_factory=None, extend=None) -> int:
+    """The command line.  `engine_factory` / `extend`: see `cmd_serve` (tests only)."""
+    a = parser().parse_args(argv)
     if not hasattr(a, "log_level"):
         a.log_level = os.environ.get("DRAFTLINE_LOG", "INFO")
     # torch's OpenMP workers spin ~300,000 pause loops (~10 ms) after each parallel region
@@ -212,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     # ms); the p50 itself moved less than this machine's run-to-run noise (A/B of four full
     # runs).  Read when libgomp loads: set before torch.
     os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+    if a.fn is cmd_serve:
+        return cmd_serve(a, engine_factory, extend)
     return a.fn(a)
 
 

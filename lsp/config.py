@@ -1,9 +1,9 @@
 """Server settings: one dataclass, read from initializationOptions and
 workspace/didChangeConfiguration (jedi-language-server style).
 
-Trust: `model` (what gets loaded) and `device` count only from the command line and
+Trust: `model` (what gets loaded) and how it is loaded count only from the command line and
 initializationOptions, which the editor builds from user-level settings; a workspace's
-didChangeConfiguration cannot switch the model (RELIABILITY threat model)."""
+didChangeConfiguration cannot switch the model (docs/reliability.md, threat model)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-TRUSTED_ONLY = {"model", "device", "dtype", "quantize"}
+TRUSTED_ONLY = {"model", "dtype", "quantize"}
 
 
 @dataclass
@@ -30,7 +30,6 @@ class MonitorSettings:
 @dataclass
 class Settings:
     model: str | None = None  # None = the default SmolLM2-135M; a HF dir or a .gguf path
-    device: str = "cpu"
     dtype: str | None = None  # auto: fp32 on CPU, bf16 on CUDA
     quantize: str = "auto"  # auto = weight-only int4 where exact, else int8, on CPU (bench/decode.py); "none" = fp32
     drafts: int = 3  # k drafts per request

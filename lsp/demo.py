@@ -40,7 +40,7 @@ def run(model: str | None = None, out=sys.stdout) -> int:
     from draftline.completion.engine import Engine, EngineConfig
     from draftline.completion.junk import junk_reason
 
-    from .server import make_trim
+    from draftline.completion.guides import make_trim
 
     def say(msg: str = "") -> None:
         print(msg, file=out, flush=True)
@@ -54,6 +54,7 @@ def run(model: str | None = None, out=sys.stdout) -> int:
     lm = M.load(model, progress=lambda m, p: print(f"  [{p:3d}%] {m}", file=sys.stderr))
     say(f"model {lm.info['architecture']}, {lm.info['layers']} layers, loaded in {lm.load_ms:.0f} ms")
     eng = Engine(lm, EngineConfig(k=3, monitors=False))
+    eng.warm_up()  # as the server does after loading
     trim = make_trim("python")
     doc = "demo://completion.py"
 
@@ -61,11 +62,12 @@ def run(model: str | None = None, out=sys.stdout) -> int:
         t = r.timings
         say(f"\n{label}: {t.get('total', 0):.0f} ms (sync {t.get('sync', 0):.0f}, decode {t.get('decode', 0):.0f}; "
             f"prompt {r.tokens.get('prompt', '-')} tokens, {r.tokens.get('computed', 0)} computed, "
-            f"window {r.tokens.get('window', '-')})")
+            f"window {r.tokens.get('window', '-')}"
+            + (", the answer kept for this place re-verified in one forward" if r.tokens.get("reused") else "") + ")")
         say(f"  the file says: {lines[ln].strip()}")
         shown = [d.text for d in r.drafts]
         for i, d in enumerate(shown):
-            junk = junk_reason(d, shown[:i]) or ("parse" if adds_parse_errors("python", prefix, d, suffix) else None)
+            junk = junk_reason(d, shown[:i]) or ("parse" if adds_parse_errors("python", prefix, d, suffix, open_ok=True) else None)
             first = d.split("\n", 1)[0]
             say(f"  draft {i + 1}: {first}" + (f"   [{d.count(chr(10))} more lines]" if "\n" in d else "")
                 + (f"   [JUNK: {junk}]" if junk else ""))

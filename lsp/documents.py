@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from draftline.analysis.text import LineIndex, PositionError, index_for_units, position_at, units_in
+from draftline.analysis.positions import LineIndex, PositionError, lsp_offset, position_at
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ class Document:
     # next request is likely to be when the edit was elsewhere (an import added at the top)
     request_cursor: int | None = None
     edits: int = 0
+    touched: int = 0  # when it was last opened, edited or asked for (Documents.touch)
     binary: bool = field(default=False)
 
     def offset(self, line: int, character: int, encoding: str = "utf-16") -> int:
@@ -41,25 +42,6 @@ class Document:
 
     def position(self, offset: int, encoding: str = "utf-16") -> tuple[int, int]:
         return position_at(self.text, offset, encoding)
-
-
-def lsp_offset(text: str, line: int, character: int, encoding: str = "utf-16",
-               index: LineIndex | None = None) -> int:
-    """Str offset of an LSP position. A character past the end of its line means the line
-    end (the spec's rule); a negative value or a line past the last one is an error."""
-    if line < 0 or character < 0:
-        raise PositionError(f"negative position {line}:{character}")
-    idx = index or LineIndex(text)
-    if line >= idx.line_count:
-        raise PositionError(f"line {line} outside 0..{idx.line_count - 1}")
-    start, end = idx.starts[line], idx.line_end(line)
-    content = text[start:end]
-    try:
-        return start + index_for_units(content, character, encoding)
-    except PositionError:
-        if units_in(content, encoding) < character:
-            return end
-        raise  # inside a surrogate pair / multi-byte character
 
 
 def looks_binary(text: str) -> bool:
@@ -72,6 +54,7 @@ class Documents:
 
     def __init__(self) -> None:
         self.docs: dict[str, Document] = {}
+        self._clock = 0
 
     def __contains__(self, uri: str) -> bool:
         return uri in self.docs
@@ -82,9 +65,31 @@ class Documents:
             raise DocumentError(f"document {uri} is not open")
         return d
 
+    def touch(self, d: Document) -> None:
+        self._clock += 1
+        d.touched = self._clock
+
+    def recent(self, language: str, besides: str, count: int, max_chars: int) -> dict[str, str]:
+        """The texts of up to `count` other open documents of `language`, the most recently
+        touched first, `max_chars` in all: what a request's analysis may read of them (a
+        snapshot pins those texts until its job is done: a burst of edits over 50 open
+        documents of 100 KB, with every request pinning all of them, grew the server by
+        ~200 MB; the same-language ones last touched are what jedi's overlay needs)."""
+        out: dict[str, str] = {}
+        total = 0
+        for d in sorted(self.docs.values(), key=lambda d: -d.touched):
+            if len(out) >= count:
+                break
+            if d.uri == besides or d.binary or d.language_id != language or total + len(d.text) > max_chars:
+                continue
+            out[d.uri] = d.text
+            total += len(d.text)
+        return out
+
     def open(self, uri: str, text: str, version: int, language_id: str = "") -> Document:
         d = Document(uri, text, version, language_id, binary=looks_binary(text))
         self.docs[uri] = d
+        self.touch(d)
         return d
 
     def close(self, uri: str) -> None:
@@ -122,5 +127,6 @@ class Documents:
         d.last_edit = last
         d.request_cursor = req
         d.edits += 1
+        self.touch(d)
         d.binary = looks_binary(text)
         return d

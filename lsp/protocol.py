@@ -1,7 +1,7 @@
 """JSON-RPC / LSP protocol behaviour that pygls 2.1.1 gets wrong on its own (see
-../shared/RELIABILITY.md): kept here, apart from the feature handlers.
+docs/reliability.md): kept here, apart from the feature handlers.
 
-What this class adds to pygls' `LanguageServerProtocol` (P1, P2, P8 in RELIABILITY.md):
+What this class adds to pygls' `LanguageServerProtocol` (P1, P2, P8 in docs/reliability.md):
 
 * Every request gets exactly one response. Before `initialize` a request is answered
   -32002 ServerNotInitialized; after `shutdown` -32600 InvalidRequest (pygls drops it);
@@ -245,7 +245,7 @@ class DraftlineProtocol(LanguageServerProtocol):
         except Exception as e:
             log.warning("response %r from the client ignored: %s", mid, _short(e))
 
-    # pygls' path (TCP server, which still uses pygls' reader): same rules
+    # pygls' own path (messages not fed by lsp/lifecycle's reader): same rules
     def structure_message(self, data: dict[str, Any]):
         return data  # structured in handle_message, top level only
 

@@ -47,6 +47,10 @@ class Job:
     created: float = field(default_factory=time.monotonic)
 
 
+def _superseded(cancel: threading.Event) -> Any:
+    raise Cancelled()
+
+
 class WorkerDied(JsonRpcException):
     """The worker thread died inside a job (the job's request gets this error)."""
 
@@ -64,7 +68,7 @@ class EngineDisabled(JsonRpcException):
 class Scheduler:
     """Queue of jobs run in order by one daemon thread.
 
-    Faults (RELIABILITY P7): an exception in a job fails that job only. A MemoryError or a
+    Faults (docs/reliability.md, P7): an exception in a job fails that job only. A MemoryError or a
     dead worker thread (a BaseException escaping a job) is a fault: the worker is restarted
     (a new thread) up to `max_restarts` times; one more fault disables the scheduler: every
     waiting and future job fails at once with EngineDisabled, and `on_disabled(reason)` is
@@ -126,12 +130,21 @@ class Scheduler:
         return job
 
     def cancel_doc(self, doc: str, kinds: tuple[str, ...]) -> int:
+        """Cancel the document's jobs of these kinds (event-loop thread).  A queued one is
+        answered (Cancelled) and lets go of its closure at once: it holds snapshots of
+        document texts, and it stays in the queue until the worker reaches it."""
         n = 0
         with self.lock:
-            jobs = list(self.pending) + ([self.current] if self.current else [])
-        for j in jobs:
+            queued = list(self.pending)
+            cur = self.current
+        for j in queued + ([cur] if cur is not None else []):
             if j.doc == doc and j.kind in kinds and not j.cancel.is_set():
                 j.cancel.set()
+                if j is not cur:  # never to run: answered now, its closure released
+                    j.fn = _superseded
+                    if j.future is not None and not j.future.done():
+                        j.future.set_exception(Cancelled())
+                        j.future.exception()  # retrieved: a superseded background job is no error
                 n += 1
         return n
 
@@ -186,9 +199,6 @@ class Scheduler:
                 self.on_disabled(reason)
             except Exception:
                 log.exception("could not report that completions are disabled")
-
-    def _revive(self) -> None:  # kept for callers of the old API
-        self._fault("revive requested", worker_dead=True)
 
     # -- worker thread ----------------------------------------------------------------------
     def _resolve(self, job: Job, result: Any = None, exc: BaseException | None = None) -> None:

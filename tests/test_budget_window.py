@@ -64,7 +64,7 @@ def test_a_warm_request_never_pays_to_grow_a_short_window(tiny):
 @pytest.mark.real_model
 def test_past_the_deadline_drafts_end_after_their_first_logical_line(default_model):
     from draftline.completion.stops import logical_line_ends
-    from draftline.lsp.server import make_trim
+    from draftline.completion.guides import make_trim
 
     text = BODY
     slow = engine(default_model, latency_budget_ms=0, ahead=False)
@@ -83,7 +83,7 @@ def test_past_the_deadline_drafts_end_after_their_first_logical_line(default_mod
 # -- ahead of the user -----------------------------------------------------------------------------
 @pytest.mark.real_model
 def test_typed_ahead_characters_are_answered_from_the_drafts_and_continued_when_idle(default_model):
-    from draftline.lsp.server import make_trim
+    from draftline.completion.guides import make_trim
 
     eng = engine(default_model, latency_budget_ms=1)  # first line only: the rest is left for idle time
     doc, text = "file:///a.py", BODY
@@ -114,3 +114,33 @@ def test_typed_ahead_characters_are_answered_from_the_drafts_and_continued_when_
     # the cache was never touched by the continuation: still the request's prompt
     pr = eng.prompt_for(doc, text, len(text))
     assert eng.cache_of(doc).tokens == pr.tokens[:-1]
+
+
+@pytest.mark.real_model
+def test_an_answer_kept_for_a_place_is_reverified_after_an_edit_elsewhere(default_model):
+    """An edit far above the cursor, then the same request: the kept answer is checked in
+    one tree forward instead of decoded again; when it is kept, it says what decoding says
+    (and when the edit changed what the model would write, it is decoded again)."""
+    from draftline.completion.guides import make_trim
+
+    src = stdlib_source("textwrap.py")
+    cut = src.index("        chunks = self._split_chunks(text)")
+    text = src[:cut]
+    at = text.index("class TextWrapper:")
+    edits = [text[:at] + "\n" + text[at:],  # a blank line far above
+             text.replace("# Hardcode the recognized whitespace characters", "# The recognized whitespace characters"),
+             "# a comment the user added\n" + text]
+    reused_any = 0
+    for edited in edits:
+        outs = []
+        for ahead in (True, False):
+            eng = engine(default_model, ahead=ahead, latency_budget_ms=0)
+            eng.complete("file:///r.py", text, len(text), trim=make_trim("python"))
+            outs.append(eng.complete("file:///r.py", edited, len(edited), trim=make_trim("python")))
+        kept, decoded = outs
+        assert not decoded.tokens["reused"]
+        if kept.tokens["reused"]:
+            reused_any += 1
+            assert kept.tokens["steps"] == 1 < decoded.tokens["steps"]
+        assert kept.drafts[0].text == decoded.drafts[0].text
+    assert reused_any >= 1

@@ -32,7 +32,7 @@ def _indent_cursors(text: str, n: int) -> list[int]:
 
 def test_token_healing_gives_drafts_after_indentation(default_model):
     """Without healing the model answers a cursor after indentation with empty drafts far
-    more often (DESIGN section 4); with it, drafts continue the code."""
+    more often (docs/cache.md, "Token healing"); with it, drafts continue the code."""
     text = stdlib_source("textwrap.py")
     cursors = _indent_cursors(text, 6)
     res = {}

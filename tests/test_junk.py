@@ -43,7 +43,7 @@ def test_real_model_drafts_on_repetitive_code_pass_the_junk_rules(default_model)
     """SmolLM2 continues a run of identical lines with more of them (its raw draft loops);
     what reaches the client is the line once, never the run."""
     from draftline.completion.engine import Engine, EngineConfig
-    from draftline.lsp.server import make_trim
+    from draftline.completion.guides import make_trim
 
     eng = Engine(default_model, EngineConfig(k=3, max_tokens=48, monitors=False, latency_budget_ms=0, ahead=False))
     raw_loops = 0

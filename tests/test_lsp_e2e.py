@@ -14,7 +14,7 @@ from conftest import stdlib_source
 
 pytestmark = [pytest.mark.real_model]
 
-SERVER = [sys.executable, "-m", "draftline.lsp.cli", "serve", "--test-mode"]
+from support.clients import SERVE as SERVER  # noqa: E402 (the real engine: no DRAFTLINE_FAKE_ENGINE here)
 
 
 @pytest_lsp.fixture(config=ClientServerConfig(server_command=SERVER))

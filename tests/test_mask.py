@@ -12,8 +12,10 @@ from hypothesis import strategies as st
 
 from _analysis_fixtures import (  # noqa: F401  (fixtures)
     analysis_tokenizer, encode_ids, real_masker, stdlib_member_sites, vocab_strings)
-from draftline.analysis.monitors import MonitorSet, MonitorSettings, StepConstraint
-from draftline.analysis.python import STRING_PREFIXES, PythonAnalyzer
+from draftline.analysis.constraint import StepConstraint
+from draftline.analysis.jedi_client import PythonAnalyzer
+from draftline.analysis.lexing import STRING_PREFIXES
+from draftline.analysis.monitors import MonitorSet
 from draftline.completion.mask import MonitorGuide, TokenMasker
 
 SMALL_VOCAB = [

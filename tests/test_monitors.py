@@ -9,8 +9,11 @@ from dataclasses import replace
 import pytest
 
 from _analysis_fixtures import stdlib_member_sites
-from draftline.analysis.monitors import MonitorSet, MonitorSettings, StepConstraint
-from draftline.analysis.python import STRING_PREFIXES, PythonAnalyzer
+from draftline.analysis.constraint import StepConstraint
+from draftline.analysis.jedi_client import PythonAnalyzer
+from draftline.analysis.lexing import STRING_PREFIXES
+from draftline.analysis.monitors import MonitorSet, MonitorSettings
+from draftline.analysis.syntax import DEFAULT_MAX_PARSE_BYTES
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +114,26 @@ def test_after_expr_dot_only_an_identifier_even_when_members_are_unknown():
     assert c is None or c.allows(".*")  # the members monitor off: dots are not checked at all
 
 
+def test_a_document_over_the_parse_budget_is_not_parsed():
+    """P5 (docs/reliability.md): a document over ``MonitorSettings.max_parse_bytes`` never
+    reaches tree-sitter (a 4 MB file takes it seconds, without a timeout): its names are
+    unknown (None: nothing is masked), and that answer is immediate."""
+    line = "x = [1, 2, 3]  # " + "y" * 60 + "\n"
+    text = line * (DEFAULT_MAX_PARSE_BYTES // len(line) + 10)
+    session = MonitorSet("python", analyzer=None).session(text + "z = ", "\n")
+    t0 = time.perf_counter()
+    assert session.python_names() is None
+    assert time.perf_counter() - t0 < 1.0
+    c_text = "int x = 1; /* " + "y" * 60 + " */\n"
+    c_session = MonitorSet("c", analyzer=None).session(c_text * (DEFAULT_MAX_PARSE_BYTES // len(c_text) + 10), "")
+    t0 = time.perf_counter()
+    assert c_session.scope_names() is None
+    assert time.perf_counter() - t0 < 1.0
+    small = MonitorSet("python", analyzer=None).session("def f():\n    return 1\nz = ", "\n")
+    assert "f" in small.python_names()
+    assert "x" in MonitorSet("c", analyzer=None).session(c_text, "").scope_names()
+
+
 class _SlowAnalyzer(PythonAnalyzer):
     """jedi stand-in: every members query takes ``delay`` s and is recorded."""
 
@@ -118,9 +141,10 @@ class _SlowAnalyzer(PythonAnalyzer):
         super().__init__(budget_s=budget_s, isolated=False)  # a stand-in runs in this process
         self.delay = delay
         self.calls: list[str] = []
+        self.backend.members = self._members  # the analysis the worker runs
 
     def _members(self, before, after, path):
-        from draftline.analysis.python import Completions
+        from draftline.analysis.jedi_backend import Completions
 
         self.calls.append(before[-20:])
         time.sleep(self.delay)

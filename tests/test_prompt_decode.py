@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from conftest import ForwardCounter
-from draftline.completion.decode import DecodeSpec, HealGuide, PieceIndex, decode
+from draftline.completion.decode import decode
+from draftline.completion.drafts import DecodeSpec, HealGuide, PieceIndex
 from draftline.completion.kvcache import Cancelled, DocCache
 from draftline.completion.prompt import build_prompt
 from draftline.completion.stops import make_stop
@@ -123,11 +124,11 @@ def test_fim_prompt_for_models_with_fim_tokens(default_model_dir):
     assert tok.fim.prefix not in tok.encode("s = '<fim_prefix>'")
 
 
-def test_finish_drops_drafts_that_add_parse_errors_when_another_parses(tiny):
-    from draftline.completion.decode import Draft
+def test_finish_drops_drafts_that_add_parse_errors(tiny):
+    from draftline.completion.drafts import Draft
     from draftline.completion.engine import Engine
     from draftline.completion.prompt import Prompt
-    from draftline.lsp.server import make_trim
+    from draftline.completion.guides import make_trim
 
     eng = Engine(tiny)
     tok = tiny.tokenizer
@@ -135,9 +136,12 @@ def test_finish_drops_drafts_that_add_parse_errors_when_another_parses(tiny):
     drafts = [Draft(tokens=tok.encode(t), logprob=-i) for i, t in enumerate(["x + 1", "x +* )(", "x * 2"])]
     outs = eng._finish(pr, drafts, make_trim("python"))[0]
     assert [o.text for o in outs] == ["x + 1", "x * 2"]
-    # when every draft adds errors, none is dropped for it
-    outs = eng._finish(pr, drafts[1:2], make_trim("python"))[0]
-    assert len(outs) == 1 and outs[0].text.startswith("x +*")
+    # even when every draft adds errors: a draft that breaks the code is junk
+    assert eng._finish(pr, drafts[1:2], make_trim("python"))[0] == []
+    # a block opened at the end is not an error yet (the budget answers its first line first)
+    pr2 = Prompt([1], "", "def f(x):\n    ", "\n", 0, False)
+    opener = [Draft(tokens=tok.encode("if x > 1:"), logprob=0.0)]
+    assert [o.text for o in eng._finish(pr2, opener, make_trim("python"))[0]] == ["if x > 1:"]
 
 
 def test_release_memory_drops_every_cache_and_they_rebuild(tiny):

@@ -11,8 +11,11 @@ import time
 
 import pytest
 
-from draftline.analysis import python as py
-from draftline.analysis.python import PythonAnalyzer, classify, closers, scan
+from draftline.analysis import jedi_client
+from draftline.analysis.classify import ASSIGN_FOLLOWERS, CHAIN_FOLLOWERS, WALRUS_FOLLOWERS, classify
+from draftline.analysis.jedi_backend import Completions, JediBackend
+from draftline.analysis.jedi_client import PythonAnalyzer
+from draftline.analysis.lexing import closers, scan
 
 
 def pos(text: str, **kw):
@@ -61,24 +64,24 @@ def test_no_position_inside_strings_and_comments(text):
 
 
 def test_followers_mark_assignment_targets():
-    assert pos("    self.cou").followers == py.ASSIGN_FOLLOWERS
-    assert pos("    cls.cou").followers == py.ASSIGN_FOLLOWERS
+    assert pos("    self.cou").followers == ASSIGN_FOLLOWERS
+    assert pos("    cls.cou").followers == ASSIGN_FOLLOWERS
     # a brand-new attribute is only expected on self/cls: other receivers take their members
     assert pos("    conn.put").followers == () and pos("    self.conn.put").followers == ()
-    assert pos("a, self.b").followers == py.CHAIN_FOLLOWERS and pos("a, conn.b").followers == ()
+    assert pos("a, self.b").followers == CHAIN_FOLLOWERS and pos("a, conn.b").followers == ()
     # ... and only in methods that define attributes (elsewhere: pylint's attribute-defined-outside-init)
     cls = "class A:\n    def {}(self):\n        x = 1\n        if x:\n            self.cou"
     for name in ("__init__", "setUp", "reset", "_init_state", "__post_init__"):
-        assert pos(cls.format(name)).followers == py.ASSIGN_FOLLOWERS, name
+        assert pos(cls.format(name)).followers == ASSIGN_FOLLOWERS, name
     for name in ("run", "connect", "__call__"):
         assert pos(cls.format(name)).followers == (), name
     nested = "class A:\n    def __init__(self):\n        def cb():\n            pass\n        self.cou"
-    assert pos(nested).followers == py.ASSIGN_FOLLOWERS
+    assert pos(nested).followers == ASSIGN_FOLLOWERS
     assert pos("x = self.cou").followers == ()
-    assert pos("a, b").followers == py.CHAIN_FOLLOWERS
+    assert pos("a, b").followers == CHAIN_FOLLOWERS
     assert pos("a, b = c, d").followers == ()
-    assert pos("while ch").followers == py.WALRUS_FOLLOWERS
-    assert pos("total").followers == py.ASSIGN_FOLLOWERS
+    assert pos("while ch").followers == WALRUS_FOLLOWERS
+    assert pos("total").followers == ASSIGN_FOLLOWERS
 
 
 def test_after_identifier_position():
@@ -197,8 +200,8 @@ def test_modules_and_from_import(analyzer):
 def test_library_type_members_are_listed_once_user_types_every_time(monkeypatch):
     analyzer = PythonAnalyzer(budget_s=20, isolated=False)  # patched in this process
     listed = []
-    orig = PythonAnalyzer._list_members
-    monkeypatch.setattr(PythonAnalyzer, "_list_members",
+    orig = JediBackend.list_members
+    monkeypatch.setattr(JediBackend, "list_members",
                         staticmethod(lambda *a: listed.append(1) or orig(*a)))
     first = members(analyzer, "items = [1]\nitems.")
     assert {"append", "extend", "sort"} <= first and len(listed) == 1
@@ -214,7 +217,7 @@ def test_library_type_members_are_listed_once_user_types_every_time(monkeypatch)
 
 
 def test_jedi_runs_in_a_child_process_that_is_restarted_when_it_dies(analyzer):
-    worker = py._get_worker(True)
+    worker = jedi_client._get_worker(True)
     assert members(analyzer, "import os\nos.path.") >= {"join"}
     proc = worker._proc
     assert proc is not None and proc.pid != os.getpid() and proc.poll() is None
@@ -229,8 +232,8 @@ def test_warm_up_lists_common_library_types_ahead_of_the_first_request(monkeypat
     an = PythonAnalyzer(budget_s=20, isolated=False)  # patched in this process
     an.warm_up().result(timeout=120)
     listed = []
-    orig = PythonAnalyzer._list_members
-    monkeypatch.setattr(PythonAnalyzer, "_list_members", staticmethod(lambda *a: listed.append(1) or orig(*a)))
+    orig = JediBackend.list_members
+    monkeypatch.setattr(JediBackend, "list_members", staticmethod(lambda *a: listed.append(1) or orig(*a)))
     assert {"append", "pop"} <= members(an, "def f(items=[]):\n    x = [items]\n    return x.")
     assert {"keys", "items"} <= members(an, "d = {1: 2}\nd.")
     assert listed == []  # both types were listed at warm-up
@@ -241,7 +244,7 @@ def test_a_stuck_child_is_replaced_and_its_queries_do_not_linger(analyzer):
     queries fail at once (left pending they would count as backlog and as stuck forever)."""
     from concurrent.futures import Future
 
-    worker = py._get_worker(True)
+    worker = jedi_client._get_worker(True)
     assert members(analyzer, "import os\nos.sep.") is not None  # a live child
     old = worker._proc
     stuck: Future = Future()
@@ -270,9 +273,9 @@ def test_budget_returns_none_and_the_answer_lands_later():
 
     def slow(before, after, path):
         time.sleep(0.4)
-        return py.Completions(frozenset({"late"}))
+        return Completions(frozenset({"late"}))
 
-    an._members = slow  # type: ignore[method-assign]
+    an.backend.members = slow  # type: ignore[method-assign]
     t = time.perf_counter()
     assert an.query("members", "x.", "") is None
     assert time.perf_counter() - t < 0.3
@@ -290,10 +293,10 @@ def test_prefetches_never_queue_behind_work_and_start_budgets_wait_longer():
     def slow(before, after, path):
         calls.append(before)
         time.sleep(0.3)
-        return py.Completions(frozenset({"late"}))
+        return Completions(frozenset({"late"}))
 
-    an._members = slow  # type: ignore[method-assign]
-    blocker = py._get_worker(isolated=False).submit(lambda: time.sleep(0.4), None)
+    an.backend.members = slow  # type: ignore[method-assign]
+    blocker = jedi_client._get_worker(isolated=False).submit(lambda: time.sleep(0.4), None)
     time.sleep(0.05)  # the blocker is running, nothing is queued
     assert an.query("members", "pre_a.", "", wait=False) is None  # queued (backlog 0 -> 1)
     assert an.query("members", "pre_b.", "", wait=False) is None  # refused: something is queued
@@ -312,7 +315,7 @@ def test_failures_are_unknown():
     def boom(before, after, path):
         raise RuntimeError("jedi crashed")
 
-    an._members = boom  # type: ignore[method-assign]
+    an.backend.members = boom  # type: ignore[method-assign]
     assert an.query("members", "y.", "") is None
 
 
@@ -345,7 +348,7 @@ def test_workspace_extension_module_is_never_loaded(tmp_path, monkeypatch):
     an.query("members", "import evil_ext\nevil_ext.", "", path=str(tmp_path / "main.py"))
     an.query("complete", "import evil", "", path=str(tmp_path / "main.py"))
     assert not marker.exists()
-    env = an._jedi_objects()[0]
+    env = an.backend.jedi_objects()[0]
     assert str(tmp_path) not in env.get_sys_path()
 
 

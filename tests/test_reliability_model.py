@@ -93,7 +93,7 @@ def test_special_token_text_is_encoded_as_text_in_prompts(engine):
 
 def test_drafts_are_sanitized(engine):
     """Whatever the model emits, NUL and bidi controls never reach a draft."""
-    from draftline.completion.decode import Draft
+    from draftline.completion.drafts import Draft
 
     text = "x = 1\n"
     pr = engine.prompt_for("file:///p12-unit.py", text, len(text))
@@ -105,7 +105,7 @@ def test_drafts_are_sanitized(engine):
 
 
 def test_hostile_file_end_to_end(tmp_path):
-    from draftline.lsp.testing import RawServer
+    from support.clients import RawServer
 
     with RawServer(fake=None) as s:
         s.initialize(init_options={"drafts": 3, "maxTokens": 24})
@@ -172,7 +172,7 @@ def hostile_workspace(tmp: Path) -> tuple[Path, Path, Path]:
 
 async def test_hostile_workspace_is_not_executed_nor_read_outside(tmp_path, default_model_dir):
     global _HOOKED
-    from draftline.lsp.testing import InProc
+    from support.clients import InProc
 
     ws, outside, markers = hostile_workspace(tmp_path)
     main = (f"import sys\nsys.path.insert(0, {str(outside)!r})\nsys.path.append('../outside')\n"

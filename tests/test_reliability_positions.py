@@ -1,6 +1,6 @@
 """P6: positions are exact in UTF-16 (the default) and in UTF-8 / UTF-32 when the client
 offers them in general.positionEncodings; line breaks are LSP's only. Checked against a
-reference built on str.encode, independent of analysis/text.py."""
+reference built on str.encode, independent of analysis/positions.py."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import re
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from draftline.analysis.text import PositionError
-from draftline.lsp.documents import Documents, lsp_offset
-from draftline.lsp.testing import RawServer
+from draftline.analysis.positions import PositionError
+from draftline.analysis.positions import lsp_offset
+from draftline.lsp.documents import Documents
+from support.clients import RawServer
 
 LINE_BREAK = re.compile(r"\r\n|\r|\n")
 CODECS = {"utf-16": ("utf-16-le", 2), "utf-8": ("utf-8", 1), "utf-32": ("utf-32-le", 4)}
@@ -45,7 +46,7 @@ def ref_position(text: str, offset: int, enc: str) -> tuple[int, int]:
 @settings(max_examples=300, deadline=None)
 @given(text=TEXT, data=st.data(), enc=st.sampled_from(sorted(CODECS)))
 def test_offset_position_roundtrip_matches_encode(text, data, enc):
-    from draftline.analysis.text import position_at
+    from draftline.analysis.positions import position_at
 
     offset = data.draw(st.integers(0, len(text)))
     try:

@@ -1,6 +1,6 @@
 """P5: bounded resources. Memory of the server after 1,000 edits over 50 files (fake
 engine, real process), the model's context budget, the KV-cache LRU budget across
-documents, documents too large for the model, and the parser's byte budget. (One decode
+documents, documents too large for the model (the parse budget: tests/test_monitors.py). (One decode
 job at a time: tests/test_reliability_scheduling.py.)"""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ import random
 import time
 
 
-from draftline.lsp.testing import RawServer
+from support.clients import RawServer
 
 # Growth after the documents are open. The 50 texts turn from 1 to 4 bytes per character
 # with their first non-ASCII edit (+20 MB, twice while the engine holds the previous
 # version); the rest is allocator slack (glibc's moving mmap threshold alone cost 150-280 MB
-# per 1000 edits; lsp/lifecycle fixes the threshold and MallocTrimmer returns free heap pages
+# per 1000 edits; lsp/memory fixes the threshold and MallocTrimmer returns free heap pages
 # when the worker idles). A leak of one text per edit would be 400 MB.
 RSS_GROWTH_BUDGET = 128 * 2**20
 RSS_BUDGET = 640 * 2**20  # absolute (torch alone is ~250 MB of it)
@@ -67,7 +67,7 @@ def test_rss_after_1000_edits_over_50_files():
 async def test_no_per_message_bookkeeping_is_left_behind():
     """pygls keeps a future per generator-handled notification (didOpen/didChange/didClose)
     forever; the protocol drops them. Same for answered requests and their ids."""
-    from draftline.lsp.testing import InProc
+    from support.clients import InProc
 
     h = InProc(fake="steps:1,delay_ms:0")
     try:
@@ -146,20 +146,6 @@ def test_kv_caches_stay_under_the_lru_budget(tiny):
     assert list(eng.caches.caches) == ["file:///d6.py", "file:///d8.py"]
 
 
-def test_parse_budget():
-    from draftline.analysis.syntax import DEFAULT_MAX_PARSE_BYTES, SyntaxDocument
-
-    line = "x = [1, 2, 3]  # " + "y" * 60 + "\n"
-    text = line * (DEFAULT_MAX_PARSE_BYTES // len(line) + 10)
-    t0 = time.perf_counter()
-    doc = SyntaxDocument(text, "python")
-    doc.update(text + "z = 1\n", len(text), len(text), len(text) + 6)
-    assert doc.tree is None and doc.over_budget
-    assert time.perf_counter() - t0 < 1.0
-    small = SyntaxDocument("def f():\n    return 1\n", "python")
-    assert small.tree is not None
-
-
 def test_the_worker_runs_idle_work_once_per_quiet_period(monkeypatch):
     """Scheduler.on_idle (the server's malloc trim) runs on the worker after IDLE_S without
     jobs, once per quiet period, never between back-to-back jobs."""
@@ -190,7 +176,7 @@ def test_the_worker_runs_idle_work_once_per_quiet_period(monkeypatch):
 def test_malloc_trim_runs_only_after_rss_grew(monkeypatch):
     """MallocTrimmer: no trim while RSS stays near its base (a trim would only make the next
     request fault its temporaries in again); one trim once it grew by GROWTH."""
-    from draftline.lsp import lifecycle
+    from draftline.lsp import memory
 
     rss = [500 * 2**20]
     trims: list[int] = []
@@ -201,9 +187,9 @@ def test_malloc_trim_runs_only_after_rss_grew(monkeypatch):
             rss[0] -= 100 * 2**20
             return 1
 
-    monkeypatch.setattr(lifecycle, "rss_bytes", lambda: rss[0])
-    monkeypatch.setattr(lifecycle, "_libc", lambda: FakeLibc())
-    t = lifecycle.MallocTrimmer()
+    monkeypatch.setattr(memory, "rss_bytes", lambda: rss[0])
+    monkeypatch.setattr(memory, "_libc", lambda: FakeLibc())
+    t = memory.MallocTrimmer()
     t()  # base
     rss[0] += t.GROWTH // 2
     t()

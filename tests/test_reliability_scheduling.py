@@ -1,7 +1,8 @@
 """P3 (no stale edits), P4 (cancellation within one decode step), P5 (one decode job at a
 time, superseded work never starts) and P7 (engine faults): the real server object in
-this process (lsp/testing.InProc) with a gated fake engine. Ordering is forced with
-barriers (the engine blocks on a semaphore the test releases), never with sleeps."""
+this process (tests/support/clients.InProc) with a gated fake engine, and P4 again with the
+real scheduler and a real (tiny random-weight) model. Ordering is forced with barriers (the
+engine blocks on a semaphore the test releases), never with sleeps."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import asyncio
 
 import pytest
 
-from draftline.lsp.testing import InProc, RawServer, fingerprint
+from support.clients import InProc, RawServer
+from support.fake_engine import fingerprint
 
 URI = "file:///work/s.py"
 TEXT_A = "def f(x):\n    return x\n"
@@ -240,11 +242,11 @@ async def test_a_request_defers_the_refreshes_of_other_documents_to_idle_time():
         assert items(await h.wait(h.inline(other, 1, 12)))
         loop = asyncio.get_running_loop()
         # past the staleness bound: the other document's refresh is armed soon after its request
-        assert h.ls._idle[other].when() - loop.time() < 1
+        assert h.ls.policy._idle[other].when() - loop.time() < 1
         assert items(await h.wait(h.inline(URI, 1, 12)))
         # the user moved to URI: the other document waits for idle time, URI is refreshed soon
-        assert h.ls._idle[other].when() - loop.time() > 30
-        assert h.ls._idle[URI].when() - loop.time() < 1
+        assert h.ls.policy._idle[other].when() - loop.time() > 30
+        assert h.ls.policy._idle[URI].when() - loop.time() < 1
     finally:
         await h.close()
 
@@ -308,3 +310,68 @@ def test_model_load_failure_is_reported_once_and_requests_get_errors():
         assert len(shown) == 1 and "injected load failure" in shown[0]["params"]["message"]
         assert s.status()["model_error"]
         assert s.shutdown_and_exit() == 0
+
+
+@pytest.mark.parametrize("how", ["cancel", "edit"])
+async def test_a_real_decode_stops_within_one_step(tiny_dir, how):
+    """P4 on the real scheduler with a real (tiny random-weight) model: `$/cancelRequest`,
+    or an edit of the document, stops the decoding job within one forward pass."""
+    from draftline.lsp.config import MonitorSettings, Settings
+
+    s = Settings(model=str(tiny_dir), quantize="none", max_tokens=400, drafts=1, latency_budget_ms=0, ahead=False,
+                 monitors=MonitorSettings(enabled=False))
+    h = InProc(settings=s, fake=None)
+    try:
+        await h.initialize()
+        eng = await h.engine(timeout=120)
+        forwards = [0]
+        at_cancel: list[int] = []
+        orig = eng.net.forward
+
+        def counted(*a, **k):
+            forwards[0] += 1
+            return orig(*a, **k)
+
+        eng.net.forward = counted
+        sched = h.ls.scheduler
+        submit = sched.submit
+        ended = asyncio.get_running_loop().create_future()
+
+        def hooked(doc, kind, fn, supersede=()):
+            if kind != "complete":
+                return submit(doc, kind, fn, supersede)
+
+            def run(cancel):
+                flag_set = cancel.set
+
+                def on_set():  # the forwards started when the job's flag went up
+                    at_cancel.append(forwards[0])
+                    flag_set()
+
+                cancel.set = on_set
+                try:
+                    return fn(cancel)
+                finally:
+                    n = forwards[0]
+                    h.loop.call_soon_threadsafe(lambda: ended.done() or ended.set_result(n))
+
+            return submit(doc, kind, run, supersede)
+
+        sched.submit = hooked
+        text = "values = {\n" + "".join(f"    'k{i}': {i},\n" for i in range(40))
+        h.open(URI, text)
+        mid = h.inline(URI, 41, 0)
+        while forwards[0] < 4:  # decoding is underway (the sync's forwards come first)
+            await asyncio.sleep(0.005)
+        if how == "cancel":
+            h.notify("$/cancelRequest", {"id": mid})
+            assert (await h.wait(mid))["error"]["code"] == -32800
+        else:
+            h.change(URI, 2, [insert(0, 0, "#\n")])
+            assert items(await h.wait(mid)) == []
+        last = await asyncio.wait_for(ended, 60)
+        assert at_cancel, "the job's cancel flag was never set"
+        assert last - at_cancel[0] <= 1
+        eng.net.forward = orig
+    finally:
+        await h.close()

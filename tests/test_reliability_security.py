@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 
-from draftline.lsp.testing import RawServer
+from support.clients import RawServer
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "draftline.lsp.cli"]

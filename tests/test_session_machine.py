@@ -24,7 +24,8 @@ import pytest
 from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from draftline.lsp.testing import RawServer, exactly_once, fingerprint
+from support.clients import RawServer, exactly_once
+from support.fake_engine import fingerprint
 
 LINE_BREAK = re.compile(r"\r\n|\r|\n")
 PIECES = ["a", "bc", "é", "€", "😀", "𝔘", "\r\n", "\n", "\r", "\u2028", "\x0c", "\t", " ", "x = 1", "\ud83d",
@@ -42,7 +43,7 @@ def json_roundtrip(s: str) -> str:
 
 
 def ref_offset(text: str, line: int, ch: int) -> int:
-    """The client's own UTF-16 position rule (independent of analysis/text.py)."""
+    """The client's own UTF-16 position rule (independent of analysis/positions.py)."""
     starts = [0] + [m.end() for m in LINE_BREAK.finditer(text)]
     if line >= len(starts):
         raise Reject("no such line")

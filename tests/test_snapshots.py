@@ -15,7 +15,7 @@ from draftline.lsp.config import Settings
 
 
 async def test_open_and_close_in_a_tight_loop_while_completions_run(tiny_dir):
-    from draftline.lsp.testing import InProc
+    from support.clients import InProc
 
     s = Settings(model=str(tiny_dir), quantize="none", max_tokens=4, drafts=2)
     h = InProc(settings=s, fake=None)

@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from conftest import ForwardCounter
-from draftline.completion.decode import (DecodeSpec, DecodeStats, HealGuide, PieceIndex, _first_logits, decode)
+from draftline.completion.decode import decode
+from draftline.completion.drafts import DecodeSpec, DecodeStats, HealGuide, PieceIndex, prompt_logits
 from draftline.completion.kvcache import Cancelled, DocCache
 from draftline.completion.ngram import NGram
 from draftline.completion.prompt import build_prompt
 from draftline.completion.stops import StopRule
-from draftline.completion.superposed import ensure_capacity, superposed
+from draftline.completion.superposed import superposed
 from draftline.completion.tokens import TokenizedText
 
 
@@ -30,7 +31,7 @@ def _run_superposed(net, tok, prompt, spec):
     c.reserve(n + spec.max_tokens * spec.k + 1)
     st = DecodeStats()
     with c.lock:
-        logits = _first_logits(c, prompt)
+        logits = prompt_logits(c, prompt)
         drafts = superposed(c, n, logits, tok, spec, st, prompt=prompt)
     assert c.tokens == prompt[:-1]
     return drafts, st
@@ -76,8 +77,9 @@ def test_superposed_drafts_distinct_one_row_per_step(tiny, with_ngram):
     rows = fc.shapes
     texts = [d.text for d in drafts]
     assert len(drafts) == 3 and len(set(texts)) == 3
-    mixed = [r for r in rows if len(r) == 2]  # embedding inputs: the superposed steps
-    assert mixed and all(r == (1, net.cfg.dim) for r in mixed) and len(mixed) == st.steps
+    steps = rows[2:]  # (rows 0, 1: the prompt's sync, its last token) one input row per step:
+    # the anchor's token, or once the anchor is done the mix of the others' embeddings
+    assert steps and all(r in ((1,), (1, net.cfg.dim)) for r in steps) and len(steps) == st.steps
     assert st.steps < 8  # all drafts ran in the same pass, the longest one bounds it
 
 
@@ -90,7 +92,7 @@ def test_anchor_is_the_greedy_draft_and_early_exit_bounds_the_pass(tiny):
     spec = DecodeSpec(k=3, max_tokens=16, method="superposed", ngram=ng, verify=False)
     drafts, st = decode(_ready(net, prompt), prompt, tok, spec)
     greedy, gst = decode(_ready(net, prompt), prompt, tok, DecodeSpec(k=1, max_tokens=16, method="greedy"))
-    assert drafts[0].tokens == greedy[0].tokens  # draft 1 is bitwise greedy (ANCHOR = 1)
+    assert drafts[0].tokens == greedy[0].tokens  # draft 1 is bitwise greedy (the anchor)
     assert [d.logprob for d in drafts] == sorted((d.logprob for d in drafts), reverse=True)
     L = len(greedy[0].tokens) - 1  # greedy's passes after the first distribution
     assert st.steps <= L + max(2, -(-L * 3 // 10)) + 1
@@ -155,35 +157,18 @@ def test_superposed_cancel_within_one_step(tiny):
     assert fc.n == 3
 
 
-def test_superposed_reset_continues_each_draft_exactly(tiny):
-    net, tok = tiny.net, tiny.tokenizer
-    prompt = tok.encode("import os\nfor name in os.listdir('.'):\n    print(")
-    drafts, _ = decode(_ready(net, prompt), prompt, tok,
-                       DecodeSpec(k=3, max_tokens=9, method="superposed", reset_after=3))
-    assert len(drafts) == 3
-    for d in drafts:  # after 4 superposed tokens (1 + reset_after), exact greedy per draft
-        assert len(d.tokens) == 9
-        assert d.tokens[4:] == _greedy_ref(net, prompt + d.tokens[:4], 5)
-
-
-def test_reset_grows_the_cache_without_losing_the_last_prompt_token(tiny):
-    """decode() reserves prompt + k * max_tokens slots; the reset's tree needs more. Growing
-    the cache must keep slot n-1 (the last prompt token, not in `cache.tokens`)."""
+def test_growing_the_cache_keeps_the_last_prompt_token(tiny):
+    """A method that needs more scratch slots than decode() reserved grows the cache
+    (`DocCache.reserve`): slot n-1 (the last prompt token, not in `cache.tokens`) survives."""
     from draftline.completion.kvcache import CHUNK
 
     net, tok = tiny.net, tiny.tokenizer
     ids = tok.encode("values = [" + ", ".join(str(i) for i in range(400)))
-    spec = DecodeSpec(k=3, max_tokens=9, method="superposed", reset_after=3)
-    prompt = ids[: CHUNK - spec.k * spec.max_tokens - 1]  # decode() fills the chunk exactly
+    prompt = ids[: CHUNK - 10]
     c = _ready(net, prompt)
-    drafts, _ = decode(c, prompt, tok, spec)
-    assert c.capacity > CHUNK
-    for d in drafts:
-        assert d.tokens[4:] == _greedy_ref(net, prompt + d.tokens[:4], len(d.tokens) - 4)
-    # the helper itself: slots past the synced tokens survive growth
     n = len(prompt)
     c.k[:, :, n - 1] = 7.0
-    ensure_capacity(c, 4 * CHUNK, keep=n)
+    c.reserve(4 * CHUNK)
     assert c.capacity >= 4 * CHUNK and bool((c.k[:, :, n - 1] == 7.0).all())
 
 

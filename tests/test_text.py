@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from draftline.analysis.text import (
+from draftline.analysis.positions import (
     LineIndex,
     PositionError,
     byte_offset,

@@ -99,7 +99,8 @@ def test_int8_close_to_fp32(tiny_dir):
 
 
 def test_int4_only_where_exact_and_equal_to_fp32():
-    from draftline.completion.transformer import Int4Linear, Linear
+    from draftline.completion.quantize import Int4Linear
+    from draftline.completion.transformer import Linear
 
     torch.manual_seed(0)
     n, k = 96, 128
@@ -122,7 +123,7 @@ def test_int4_only_where_exact_and_equal_to_fp32():
 def test_rescored_head_gives_exact_logits_for_its_top_rows(approx):
     """RescoredHead: a quantized first pass, then the `top` best rows recomputed exactly:
     those logits equal the exact head's, the rest stay approximations."""
-    from draftline.completion.transformer import Int4Linear, Int8Linear, RescoredHead
+    from draftline.completion.quantize import Int4Linear, Int8Linear, RescoredHead
 
     torch.manual_seed(0)
     w = torch.randn(512, 64)

@@ -1,13 +1,17 @@
 """Position conversion in one place: LSP (line, character) <-> Python str index <-> UTF-8 bytes.
 
 Why one module: the LSP speaks UTF-16 code units by default, Python indexes code points,
-tree-sitter indexes UTF-8 bytes, and every off-by-one between them silently corrupts an edit.
+tree-sitter indexes UTF-8 bytes, and every off-by-one between them silently corrupts an edit
+(docs/reliability.md, P6).  Every conversion in the server goes through here: the document
+store's edits (`lsp_offset`), the positions of answers (`position_at`), and the byte offsets
+the tree-sitter analyses need (`byte_offset`, `LineIndex.byte_offset`).
 
 Line breaks are the LSP's only: ``\\r\\n``, ``\\r`` and ``\\n``.  ``str.splitlines`` is never
 used, because it also splits on U+2028, U+0085, form feed and friends, which editors do not.
 
 Out-of-range positions raise :class:`PositionError` (a ``ValueError``); clamping is the
-caller's decision (the LSP spec says "default back to the line length", a test may not).
+caller's decision (the LSP spec says "default back to the line length", a test may not);
+`lsp_offset` is that decision for positions an editor sends.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ __all__ = [
     "str_offset",
     "units_in",
     "index_for_units",
+    "lsp_offset",
 ]
 
 ENCODINGS = ("utf-16", "utf-8", "utf-32")
@@ -204,3 +209,22 @@ def byte_offset(text: str, offset: int) -> int:
 def str_offset(text: str, byte: int) -> int:
     """Str index of UTF-8 byte offset ``byte`` (one-off; use LineIndex for many)."""
     return index_for_units(text, byte, "utf-8")
+
+
+def lsp_offset(text: str, line: int, character: int, encoding: str = "utf-16",
+               index: LineIndex | None = None) -> int:
+    """Str offset of an LSP position. A character past the end of its line means the line
+    end (the spec's rule); a negative value or a line past the last one is an error."""
+    if line < 0 or character < 0:
+        raise PositionError(f"negative position {line}:{character}")
+    idx = index or LineIndex(text)
+    if line >= idx.line_count:
+        raise PositionError(f"line {line} outside 0..{idx.line_count - 1}")
+    start, end = idx.starts[line], idx.line_end(line)
+    content = text[start:end]
+    try:
+        return start + index_for_units(content, character, encoding)
+    except PositionError:
+        if units_in(content, encoding) < character:
+            return end
+        raise  # inside a surrogate pair / multi-byte character
