@@ -148,7 +148,8 @@ def main() -> None:
     from draftline.completion.decode import decode
     from draftline.completion.drafts import DecodeSpec, HealGuide, PieceIndex
     from draftline.completion.kvcache import DocCache
-    from draftline.completion.ngram import NGram, doc_key, scan_workspace
+    from draftline.completion.ngram import NGram
+    from draftline.completion.workspace import doc_key, scan_workspace
     from draftline.completion.prompt import build_prompt
     from draftline.completion.stops import StopRule
     from draftline.completion.tokens import TokenizedText

@@ -15,13 +15,18 @@ from typing import Any
 
 
 class LspProcess:
-    def __init__(self, args: list[str] | None = None, init_options: dict | None = None, env: dict | None = None):
+    def __init__(self, args: list[str] | None = None, init_options: dict | None = None, env: dict | None = None,
+                 roots: list[str] | None = None):
         cmd = [sys.executable, "-m", "draftline.lsp.cli", "serve"] + (args or [])
         self.p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   stderr=subprocess.DEVNULL if not os.environ.get("BENCH_STDERR") else None,
                                   env=env)
         self.next_id = 0
-        self.request("initialize", {"processId": os.getpid(), "rootUri": None,
+        from pathlib import Path
+
+        folders = [{"uri": Path(r).as_uri(), "name": Path(r).name} for r in roots or []]
+        self.request("initialize", {"processId": os.getpid(), "rootUri": folders[0]["uri"] if folders else None,
+                                    "workspaceFolders": folders or None,
                                     "capabilities": {"window": {"workDoneProgress": False}},
                                     "initializationOptions": init_options or {}})
         self.notify("initialized", {})

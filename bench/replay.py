@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
 import statistics
@@ -138,7 +137,9 @@ def make_case(path: Path, rng: random.Random) -> dict | None:
     if len(lb) < 2 or not pool or not mids:
         return None
     lmid = mids[0]
-    lstart = next(i for i in pool if i != lmid)
+    lstart = next((i for i in pool if i != lmid), None)
+    if lstart is None:
+        return None
     return {"path": str(path), "name": f"{path.parent.name}/{path.name}", "text": text, "la": la,
             "lb_indent": lb[0], "lb_suffix": lb[1], "lb_start": lstart, "lb_mid": lmid,
             "far": max(1, la - rng.randint(40, 60)), "near": la - rng.randint(3, 6),
@@ -203,9 +204,9 @@ def junk_of(drafts: list[str], prefix: str, suffix: str) -> list[str | None]:
 
 # -- the two clients -------------------------------------------------------------------------------
 class Draftline:
-    def __init__(self, init: dict, name: str = "draftline"):
+    def __init__(self, init: dict, name: str = "draftline", roots: list[str] | None = None):
         self.name = name
-        self.srv = LspProcess(init_options=init)
+        self.srv = LspProcess(init_options=init, roots=roots)
         self.version: dict[str, int] = {}
         t = time.perf_counter()
         while not self.srv.request("draftline/status", {}).get("model"):  # loaded (and warmed up)
@@ -298,7 +299,7 @@ def run_case(cl, case: dict, kinds: set[str], rec: list[dict], tag: str) -> None
 
     la = case["la"]
     if kinds & set(KINDS_A):
-        uri = f"file:///replay/{tag}/A/{case['name']}"
+        uri = Path(case["path"]).as_uri()  # the real path: the project context leaves the file itself out
         doc = "\n".join(lines[:la]) + "\n"
         cl.open(uri, doc)
         ask(uri, doc, la, 0, "open", lines[la])
@@ -332,7 +333,7 @@ def run_case(cl, case: dict, kinds: set[str], rec: list[dict], tag: str) -> None
                 ask(uri, doc, cur, col, "typing", lines[la][col:])
         cl.close(uri)
     if kinds & set(KINDS_B):
-        uri = f"file:///replay/{tag}/B/{case['name']}"
+        uri = Path(case["path"]).as_uri()
         ls = list(lines)
         lo = case["lb_suffix"]
         exp_open = ls[lo]
@@ -450,6 +451,7 @@ def print_table(summ: dict) -> None:
 
 
 def main() -> int:
+    global THINK_S
     ap = argparse.ArgumentParser()
     ap.add_argument("--files", type=int, default=12)
     ap.add_argument("--split", default="dev", choices=["dev", "test", "all"])
@@ -461,11 +463,10 @@ def main() -> int:
     ap.add_argument("--init", default="{}", help="initializationOptions (JSON) for draftline")
     ap.add_argument("--init2", help="a second draftline server with these options, taking turns with the first")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--think", type=float, default=THINK_S, help="seconds between actions that are not keystrokes")
+    ap.add_argument("--think", type=float, default=1.0, help="seconds between actions that are not keystrokes")
     ap.add_argument("--dump", help="write every request's record (JSON lines) here")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
-    global THINK_S
     THINK_S = a.think
     packages = a.packages.split(",") if a.packages else (SPLITS["dev"] + SPLITS["test"] if a.split == "all"
                                                         else SPLITS[a.split])
@@ -482,10 +483,12 @@ def main() -> int:
             break
     print(f"replay: {len(cases)} cases from {', '.join(packages)}; kinds {sorted(kinds)}", flush=True)
     init = {"debounceMs": 50, **json.loads(a.init)}
-    tools = ([] if a.no_draftline else [Draftline(init)]) + ([Peer()] if a.peer else [])
+    roots = [str(package_dir(p)) for p in packages]  # the workspace folders (project context, n-gram)
+    tools = ([] if a.no_draftline else [Draftline(init, roots=roots)]) + ([Peer()] if a.peer else [])
     if a.init2:
         init2 = {"debounceMs": 50, **json.loads(a.init2)}
-        tools.append(Draftline(init2, name=f"draftline {json.dumps(json.loads(a.init2), separators=(',', ':'))}"))
+        tools.append(Draftline(init2, name=f"draftline {json.dumps(json.loads(a.init2), separators=(',', ':'))}",
+                               roots=roots))
     rec: list[dict] = []
     t0 = time.time()
     try:

@@ -21,7 +21,7 @@ def engine_config(s: Any) -> EngineConfig:
     return EngineConfig(k=s.drafts, max_tokens=s.max_tokens, context_tokens=s.context_tokens,
                         method=s.method, pie=s.pie, cache_budget_mb=s.cache_budget_mb, ngram_weight=s.ngram_weight,
                         stale_limit=s.stale_limit, monitors=s.monitors.enabled,
-                        latency_budget_ms=s.latency_budget_ms, ahead=s.ahead)
+                        latency_budget_ms=s.latency_budget_ms, ahead=s.ahead, project_context=s.project_context)
 
 
 def build_engine(settings: Any, progress: Progress | None = None, workspace_roots: list[str] | tuple = ()) -> Engine:
@@ -39,6 +39,12 @@ def build_engine(settings: Any, progress: Progress | None = None, workspace_root
             warm_up()  # jedi and its stubs, in its own process
         except Exception:
             log.exception("monitor warm-up failed")
+    if settings.project_context:  # context from the rest of the project (completion.context)
+        from .context import Headers, ProjectIndex
+
+        index = ProjectIndex()
+        index.build(list(workspace_roots))
+        eng.headers = Headers(index, eng.tok, eng.config.header_tokens)
     if settings.ngram_weight > 0:
         # the workspace scan tokenizes up to 4 MB on 2 cores: only when the scoring uses it
         try:

@@ -53,13 +53,18 @@ class EngineConfig:
     # stops.  0 = no budget.  See bench/replay.py for what it buys.
     latency_budget_ms: int = 300
     # tokens a request may run through the model to sync its cache (a cold or far-moved
-    # window is shortened to afford it, and grown back in idle time by `prepare`)
-    request_cap: int = 384
+    # window is shortened to afford it, and grown back in idle time by `prepare`): 640
+    # tokens sync in ~0.45 s here, so a first answer comes in ~0.8 s (2026-12-05)
+    request_cap: int = 640
     # the longest a request decodes a first line for (~50 tokens here); past it the line
     # stops where it is (a slow sync does not eat this time: it counts from the decode's start)
     first_line_ms: int = 1000
-    backfill_step: int = 128  # tokens per idle-time step that grows a short window back
+    backfill_step: int = 192  # tokens per idle-time step that grows a short window back (~0.1 s)
     ahead: bool = True  # keep answers and continue them in idle time (completion.ahead)
+    # context from the rest of the project before the file's text (completion.context);
+    # off by default: see bench/replay.py --init '{"projectContext": true}' for what it gives
+    project_context: bool = False
+    header_tokens: int = 320
 
 
 #: Documents longer than this are tokenized in a window around the cursor only: a 3 MB file
@@ -168,6 +173,8 @@ class Engine:
         self.ngram = None  # completion.ngram.NGram of the workspace, when its weight is above 0
         self.retokenized_chars = 0
         self.ahead = AheadStore()
+        self.headers = None  # completion.context.Headers when project_context (completion.build)
+        self._header_ids: dict[str, tuple[str, list[int]]] = {}
 
     def warm_up(self) -> float:
         """Run each forward shape a request uses once (a prefill chunk, a sync's rows, a
@@ -217,6 +224,9 @@ class Engine:
     def close(self, doc: str) -> None:
         self.texts.pop(doc, None)
         self.bases.pop(doc, None)
+        self._header_ids.pop(doc, None)
+        if self.headers is not None:
+            self.headers.drop(doc)
         self.caches.drop(doc)
         self.ahead.drop(doc)
 
@@ -229,16 +239,31 @@ class Engine:
         gc.collect()
         return freed
 
-    def prompt_for(self, doc: str, text: str, cursor: int, cap: int | None = None) -> Prompt:
+    def header_ids(self, doc: str, header: str | None) -> list[int]:
+        """The tokens of a document's project-context header (None: the one it has now)."""
+        if self.headers is None:
+            return []
+        if header is None:
+            header = self.headers.current(doc)
+        got = self._header_ids.get(doc)
+        if got is None or got[0] != header:
+            got = (header, self.tok.encode(header) if header else [])
+            self._header_ids[doc] = got
+        return got[1]
+
+    def prompt_for(self, doc: str, text: str, cursor: int, cap: int | None = None,
+                   header: str | None = None) -> Prompt:
         """The prompt for a cursor; `cap`: at most this many tokens to encode for it (the
-        window then starts later: `completion.window`)."""
+        window then starts later: `completion.window`); `header`: the project context to
+        put first (None: the document's current one, "" none)."""
         tt = self.update(doc, text, cursor)
         cfg = self.config
         at = cursor - self.bases.get(doc, 0)
+        hids = self.header_ids(doc, header)
 
         def make(start: int | None = None) -> Prompt:
             return build_prompt(tt, at, self.tok, self.context_tokens, cfg.suffix_tokens,
-                                heal=cfg.token_healing, start=start)
+                                heal=cfg.token_healing, start=start, header=hids)
 
         full = make()
         if cap is None:
@@ -246,20 +271,22 @@ class Engine:
         c = self.caches.caches.get(doc)
         return affordable(c.tokens if c is not None else [], full, make, cap)
 
-    def request_prompt(self, doc: str, text: str, cursor: int) -> Prompt:
+    def request_prompt(self, doc: str, text: str, cursor: int, header: str | None = None) -> Prompt:
         """A request's prompt: the full window if the cache nearly has it; else the window
         the cache already holds (grown by at most GROW_SLACK tokens: a keystroke never pays
         for growing it, `prepare` does that when idle) if it has MIN_CONTEXT tokens; else a
         window of at most `request_cap` new tokens (a cold or far-moved cursor)."""
-        near = self.prompt_for(doc, text, cursor, cap=GROW_SLACK)
+        near = self.prompt_for(doc, text, cursor, cap=GROW_SLACK, header=header)
         if near.body_end - near.window_start >= min(MIN_CONTEXT, near.body_end):
             return near
-        return self.prompt_for(doc, text, cursor, cap=self.config.request_cap + CAP_SLACK)
+        # cold or far moved: the tokens nearest the cursor, without the project context
+        # (it comes back with the window, in idle time)
+        return self.prompt_for(doc, text, cursor, cap=self.config.request_cap + CAP_SLACK, header="")
 
     def full_window_start(self, doc: str, cursor: int) -> int:
         tt = self.texts[doc]
         cfg = self.config
-        room = self.context_tokens - 3 - (cfg.suffix_tokens if self.tok.fim else 0)
+        room = self.context_tokens - 3 - len(self.header_ids(doc, None)) - (cfg.suffix_tokens if self.tok.fim else 0)
         return window_start(heal_index(tt, cursor - self.bases.get(doc, 0), cfg.token_healing), room)
 
     def prepare(self, doc: str, text: str, cursor: int, cancel: threading.Event | None = None) -> SyncStats:
@@ -310,7 +337,11 @@ class Engine:
             trim = self.trim_for(context.language)
         budget = cfg.latency_budget_ms / 1000
         deadline = (arrived if arrived is not None else t0) + budget if budget > 0 else None
-        pr = self.request_prompt(doc, text, cursor) if budget > 0 else self.prompt_for(doc, text, cursor)
+        header = None
+        if self.headers is not None and context is not None:  # the project context (snapshot only)
+            header = self.headers.update(doc, text, cursor, context.others)
+        pr = self.request_prompt(doc, text, cursor, header) if budget > 0 else \
+            self.prompt_for(doc, text, cursor, header=header)
         short = pr.window_start > self.full_window_start(doc, cursor)
         if guides is None and self.guide_factory is not None and cfg.monitors:
             guides = self.guide_factory(doc, pr, context or DocContext())  # starts the cursor's jedi query: it runs during the sync
@@ -376,7 +407,10 @@ class Engine:
     def _keep_ahead(self, doc: str, pr: Prompt, outs: list[DraftOut], raws: list[Draft], trim) -> bool:
         entry = Entry(pr.prefix, pr.suffix, tuple(o.text for o in outs), tuple(o.replace for o in outs),
                       heal=pr.heal, raw=tuple(tuple(d.tokens) for d in raws),
-                      natural=tuple(d.done and not (d.open_end or d.looped) for d in raws))
+                      # ended by a rule (its stop rule, a stop token, the budget at a line end),
+                      # not where a loop or max_tokens or the hard deadline stopped it
+                      natural=tuple(d.done and not d.looped and (not d.open_end or d.cut is not None)
+                                    for d in raws))
         pending = Pending(entry, list(pr.tokens), raws, pr.heal, trim, [d.open_end for d in raws])
         self.ahead.put(doc, entry, pending)
         return True

@@ -57,15 +57,16 @@ def window_start(j: int, room: int) -> int:
 
 def build_prompt(tt: TokenizedText, cursor: int, tok: Tokenizer, budget: int,
                  suffix_budget: int = 0, use_fim: bool = True, heal: bool = True,
-                 start: int | None = None) -> Prompt:
+                 start: int | None = None, header: list[int] | tuple = ()) -> Prompt:
     """The prompt for a cursor at character offset `cursor` of `tt.text`.  `start`: the
     first document token, later than the full window's (a short window: what a request
-    can afford to encode now; `completion.window`)."""
+    can afford to encode now; `completion.window`).  `header`: tokens of context from the
+    rest of the project that go first (`completion.context`), out of the same budget."""
     text = tt.text
     j = heal_index(tt, cursor, heal)
     heal_text = text[tt.starts[j] : cursor] if j < len(tt.starts) and heal else ""
     fim = tok.fim if use_fim else None
-    w = window_start(j, budget - 3 - (suffix_budget if fim else 0))
+    w = window_start(j, budget - 3 - len(header) - (suffix_budget if fim else 0))
     if start is not None:
         w = min(max(w, start), j)
     body = tt.ids[w:j]
@@ -77,9 +78,9 @@ def build_prompt(tt: TokenizedText, cursor: int, tok: Tokenizer, budget: int,
     suffix = text[cursor:]
     if fim is not None:
         suf_ids = tok.encode(suffix[: suffix_budget * 8])[:suffix_budget] if suffix_budget else []
-        tokens = [fim.prefix] + body + [fim.suffix] + suf_ids + [fim.middle]
+        tokens = list(header) + [fim.prefix] + body + [fim.suffix] + suf_ids + [fim.middle]
     else:
-        tokens = body
+        tokens = list(header) + body
         if not tokens:
             # an empty prompt has no token to feed: start like a new document
             tokens = [_doc_start(tok)]

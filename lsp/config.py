@@ -46,6 +46,7 @@ class Settings:
     # (the first line comes whole) and analyses stop waiting (0 = no budget)
     latency_budget_ms: int = 300
     ahead: bool = True  # answer typed-ahead characters from the last drafts; continue them when idle
+    project_context: bool = False  # a header of related code from the project before the file (completion.context)
     monitors: MonitorSettings = field(default_factory=MonitorSettings)
     log_level: str = "INFO"
 

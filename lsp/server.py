@@ -279,7 +279,7 @@ class DraftlineServer(LanguageServer):
 
 def workspace_roots(params: T.InitializeParams) -> list[str]:
     """Directories of the workspace folders (or rootUri / rootPath), for the n-gram scan."""
-    from draftline.completion.ngram import doc_key
+    from draftline.completion.workspace import doc_key
 
     uris = [f.uri for f in (params.workspace_folders or [])]
     if not uris and params.root_uri:

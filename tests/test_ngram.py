@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from draftline.completion.ngram import LAMBDAS, NGram, _hashes, doc_key, gram_hash, scan_workspace
+from draftline.completion.ngram import LAMBDAS, NGram, _hashes, gram_hash
+from draftline.completion.workspace import doc_key, scan_workspace
 
 
 def _ids(n: int, vocab: int = 12, seed: int = 0) -> list[int]:
