@@ -56,9 +56,10 @@ class EngineConfig:
     # window is shortened to afford it, and grown back in idle time by `prepare`): 640
     # tokens sync in ~0.45 s here, so a first answer comes in ~0.8 s (2026-12-05)
     request_cap: int = 640
-    # the longest a request decodes a first line for (~50 tokens here); past it the line
-    # stops where it is (a slow sync does not eat this time: it counts from the decode's start)
-    first_line_ms: int = 1000
+    # the longest a request decodes a first line for (~30 tokens here); past it the line
+    # stops where it is (a slow sync does not eat this time: it counts from the decode's
+    # start).  1000 ms let long statements (a docstring, a literal) push p90 past 1 s.
+    first_line_ms: int = 600
     backfill_step: int = 192  # tokens per idle-time step that grows a short window back (~0.1 s)
     ahead: bool = True  # keep answers and continue them in idle time (completion.ahead)
     # context from the rest of the project before the file's text (completion.context);
@@ -343,6 +344,7 @@ class Engine:
         pr = self.request_prompt(doc, text, cursor, header) if budget > 0 else \
             self.prompt_for(doc, text, cursor, header=header)
         short = pr.window_start > self.full_window_start(doc, cursor)
+        t_g = time.perf_counter()
         if guides is None and self.guide_factory is not None and cfg.monitors:
             guides = self.guide_factory(doc, pr, context or DocContext())  # starts the cursor's jedi query: it runs during the sync
         t1 = time.perf_counter()
@@ -368,23 +370,28 @@ class Engine:
         )
         cache = self.caches.get(doc)
         drafts = None
-        prev = self.ahead.previous(doc, pr.prefix, pr.suffix, pr.heal) if cfg.ahead else None
+        reverify_ms = 0.0
+        prev = self.ahead.previous(doc, pr.prefix, pr.suffix, pr.heal, len(pr.tokens)) if cfg.ahead else None
         if prev is not None:  # this place was answered before an edit elsewhere: check, don't decode
             ds = DecodeStats()
             t_r = time.perf_counter()
             drafts = reverify(cache, pr.tokens, prev, self.tok, spec, st.tail_logits, ds)
-            ds.ms = (time.perf_counter() - t_r) * 1000
+            ds.ms = reverify_ms = (time.perf_counter() - t_r) * 1000
         reused = drafts is not None
         if drafts is None:
             drafts, ds = decode(cache, pr.tokens, self.tok, spec, first_logits=st.tail_logits)
         st.tail_logits = None  # (SyncStats is kept in the Result: not the logits)
+        t_fin = time.perf_counter()
         outs, raws = self._finish(pr, drafts, trim)
+        finish_ms = (time.perf_counter() - t_fin) * 1000
         pending = False
         if cfg.ahead and outs:
             pending = self._keep_ahead(doc, pr, outs, raws, trim)
         t3 = time.perf_counter()
-        timings = {"tokenize": round((t1 - t0) * 1000, 2), "sync": round((t2 - t1) * 1000, 2),
+        timings = {"tokenize": round((t_g - t0) * 1000, 2), "guides_setup": round((t1 - t_g) * 1000, 2),
+                   "sync": round((t2 - t1) * 1000, 2),
                    "first_token": round(ds.first_ms, 2), "decode": round(ds.ms, 2),
+                   "finish": round(finish_ms, 2), "reverify": round(reverify_ms, 2),
                    "total": round((t3 - t0) * 1000, 2)}
         if spec.guides:  # monitors: their time inside the decode, and the part spent waiting on jedi
             timings["guides"] = round(sum(getattr(g, "time_s", 0.0) for g in spec.guides) * 1000, 2)
@@ -406,7 +413,7 @@ class Engine:
     # -- answers ahead of the user (completion.ahead) ---------------------------------------
     def _keep_ahead(self, doc: str, pr: Prompt, outs: list[DraftOut], raws: list[Draft], trim) -> bool:
         entry = Entry(pr.prefix, pr.suffix, tuple(o.text for o in outs), tuple(o.replace for o in outs),
-                      heal=pr.heal, raw=tuple(tuple(d.tokens) for d in raws),
+                      heal=pr.heal, raw=tuple(tuple(d.tokens) for d in raws), prompt_len=len(pr.tokens),
                       # ended by a rule (its stop rule, a stop token, the budget at a line end),
                       # not where a loop or max_tokens or the hard deadline stopped it
                       natural=tuple(d.done and not d.looped and (not d.open_end or d.cut is not None)

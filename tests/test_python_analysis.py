@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 
 import pytest
@@ -257,55 +258,110 @@ def test_a_stuck_child_is_replaced_and_its_queries_do_not_linger(analyzer):
     assert -1 not in worker._pending and worker.backlog == 0
 
 
-def test_repeat_queries_hit_the_cache_in_microseconds(analyzer):
+def test_repeat_queries_are_answered_from_the_cache(analyzer, monkeypatch):
+    """A query asked again (every decode step asks) is the cached answer: the same object,
+    and the worker is not asked again; a new text is."""
     code = "import os\nos.path."
-    members(analyzer, code)
-    t = time.perf_counter()
+    first = analyzer.query("members", code, "")
+    assert first is not None and "join" in first.names
+    asked = []
+    get_worker = jedi_client._get_worker
+    monkeypatch.setattr(jedi_client, "_get_worker", lambda *a: asked.append(a) or get_worker(*a))
     for _ in range(200):
-        analyzer.query("members", code, "")
-    per = (time.perf_counter() - t) / 200
-    print(f"cached query: {per * 1e6:.1f} us")
-    assert per < 0.001
+        assert analyzer.query("members", code, "") is first
+    assert asked == []
+    assert "sep" in members(analyzer, "import os\nrepeat_probe = os.")  # a new text: goes to the worker
+    assert len(asked) == 1
+
+
+class _Gate:
+    """A stand-in analysis that records its calls and blocks until the test opens it."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.open = threading.Event()
+
+    def members(self, before, after, path):
+        self.calls.append(before)
+        self.open.wait()
+        return Completions(frozenset({"late"}))
+
+
+def _drain_thread_worker() -> None:
+    """Wait until the in-process worker has run everything queued so far (it runs in order)."""
+    jedi_client._get_worker(isolated=False).submit(lambda: None, None).result(timeout=120)
+
+
+#: Only so that a query which wrongly waits for a blocked analysis fails (the gate opens, it
+#: then gets the answer, and the checks see that) instead of hanging the run; nothing is timed.
+_HANG_GUARD_S = 30.0
 
 
 def test_budget_returns_none_and_the_answer_lands_later():
     an = PythonAnalyzer(budget_s=0.05, isolated=False)  # patched in this process
+    gate = _Gate()
+    an.backend.members = gate.members  # type: ignore[method-assign]
+    guard = threading.Timer(_HANG_GUARD_S, gate.open.set)
+    guard.start()
+    try:
+        assert an.query("members", "x.", "") is None  # over budget: unknown
+        assert an.query("members", "x.", "") is None  # still running: unknown, not started again
+        assert not gate.open.is_set()  # both returned while the analysis was blocked
+    finally:
+        guard.cancel()
+        gate.open.set()
+    _drain_thread_worker()
+    assert an.query("members", "x.", "").names == {"late"}  # the answer landed in the cache
+    assert gate.calls == ["x."]
 
-    def slow(before, after, path):
-        time.sleep(0.4)
-        return Completions(frozenset({"late"}))
 
-    an.backend.members = slow  # type: ignore[method-assign]
-    t = time.perf_counter()
-    assert an.query("members", "x.", "") is None
-    assert time.perf_counter() - t < 0.3
-    assert an.query("members", "x.", "") is None  # still running: no second wait
-    time.sleep(0.5)
-    assert an.query("members", "x.", "").names == {"late"}
-
-
-def test_prefetches_never_queue_behind_work_and_start_budgets_wait_longer():
+def test_prefetches_never_queue_behind_work_and_start_budgets_wait_longer(monkeypatch):
     """Speculative queries (wait=False) are queued only on an idle worker, so the query a decode
-    step waits for is never refused; ``budget`` extends one wait; ``start=False`` only looks up."""
-    an = PythonAnalyzer(budget_s=0.02, isolated=False)  # patched in this process
+    step waits for is never refused; ``budget`` extends one wait; ``start=False`` only looks up.
+    The per-query budget is 0 (no wait at all), so an answer a query returns is one it waited for."""
+    an = PythonAnalyzer(budget_s=0.0, isolated=False)  # patched in this process
     calls = []
 
-    def slow(before, after, path):
+    def answer(before, after, path):
         calls.append(before)
-        time.sleep(0.3)
         return Completions(frozenset({"late"}))
 
-    an.backend.members = slow  # type: ignore[method-assign]
-    blocker = jedi_client._get_worker(isolated=False).submit(lambda: time.sleep(0.4), None)
-    time.sleep(0.05)  # the blocker is running, nothing is queued
-    assert an.query("members", "pre_a.", "", wait=False) is None  # queued (backlog 0 -> 1)
-    assert an.query("members", "pre_b.", "", wait=False) is None  # refused: something is queued
-    assert an.query("members", "pre_c.", "", wait=False, start=False) is None
-    t = time.perf_counter()
-    got = an.query("members", "pre_b.", "", budget=5)  # a waited query still gets in, and waits
-    assert got is not None and got.names == {"late"} and time.perf_counter() - t > 0.2
-    blocker.result(timeout=5)
-    assert calls == ["pre_a.", "pre_b."]  # pre_c was never started
+    an.backend.members = answer  # type: ignore[method-assign]
+    worker = jedi_client._get_worker(isolated=False)
+    running, release, waiting = threading.Event(), threading.Event(), threading.Event()
+
+    def watched(*args):
+        """The worker's query, whose future tells when someone waits on pre_b's answer."""
+        fut = worker_query(*args)
+        if args[2] == "pre_b.":
+            result = fut.result
+
+            def result_seen(timeout=None):
+                waiting.set()
+                return result(timeout)
+
+            fut.result = result_seen  # type: ignore[method-assign]
+        return fut
+
+    worker_query = worker.query
+    monkeypatch.setattr(worker, "query", watched)
+    blocker = worker.submit(lambda: running.set() or release.wait(_HANG_GUARD_S), None)
+    try:
+        running.wait(_HANG_GUARD_S)  # the blocker is running, nothing is queued
+        assert an.query("members", "pre_a.", "", wait=False) is None  # queued (backlog 0 -> 1)
+        assert an.query("members", "pre_b.", "", wait=False) is None  # refused: something is queued
+        assert an.query("members", "pre_c.", "", wait=False, start=False) is None
+        assert an.query("members", "pre_b.", "") is None  # queued, but the budget (0) allows no wait
+        # the same query with a budget: released only once it waits for its answer, it has it
+        opener = threading.Thread(target=lambda: waiting.wait(_HANG_GUARD_S) and release.set(), daemon=True)
+        opener.start()
+        got = an.query("members", "pre_b.", "", budget=600)
+        opener.join()
+        assert got is not None and got.names == {"late"}
+    finally:
+        release.set()
+    blocker.result(timeout=120)
+    assert calls == ["pre_a.", "pre_b."]  # pre_c was never started, pre_b once
     assert an.query("members", "pre_a.", "", start=False).names == {"late"}  # looked up, done
 
 

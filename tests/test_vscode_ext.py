@@ -98,26 +98,95 @@ module.exports = mk('vscode');
 """
 
 
+#: The stub above, with a `draftline` configuration read from DRAFTLINE_STUB_SETTINGS:
+#: {key: {globalValue?, workspaceValue?}}; `get` answers as VS Code does (the workspace value
+#: wins), `inspect` gives both values.
+STUB_VSCODE_SETTINGS = STUB_VSCODE + """
+const settings = JSON.parse(process.env.DRAFTLINE_STUB_SETTINGS || '{}');
+const sections = [];
+function getConfiguration(section) {
+  sections.push(section);
+  const own = section === 'draftline' ? settings : {};
+  return {
+    get(key, dflt) {
+      const s = own[key];
+      if (!s) return dflt;
+      return s.workspaceValue !== undefined ? s.workspaceValue : s.globalValue !== undefined ? s.globalValue : dflt;
+    },
+    inspect(key) { return own[key] ? Object.assign({ key: section + '.' + key }, own[key]) : undefined; },
+    has(key) { return key in own; },
+    update() { return Promise.resolve(); },
+  };
+}
+const base = module.exports;
+const workspace = new Proxy(base.workspace, {
+  get(w, p) { return p === 'getConfiguration' ? getConfiguration : w[p]; },
+});
+module.exports = new Proxy(base, {
+  get(t, p) { return p === 'workspace' ? workspace : p === 'stubSections' ? sections : t[p]; },
+});
+"""
+
+
+def _unpacked(vsix: Path, where: Path) -> Path:
+    """The .vsix extracted under ``where``: its extension folder."""
+    with zipfile.ZipFile(vsix) as z:
+        z.extractall(where)
+    return where / "extension"
+
+
+def _node(script: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if k != "NODE_PATH"}  # modules come from cwd only
+    return subprocess.run([NODE, "-e", script], cwd=cwd, env=dict(base, **env), capture_output=True, text=True,
+                          timeout=60)
+
+
 def test_packaged_extension_loads(built: Path, tmp_path: Path):
     """The .vsix holds every module extension.js needs at run time (VS Code itself is not
     available here: a stub stands in for the `vscode` module)."""
-    with zipfile.ZipFile(built) as z:
-        z.extractall(tmp_path)
-    stub = tmp_path / "extension" / "node_modules" / "vscode"
+    ext = _unpacked(built, tmp_path)
+    stub = ext / "node_modules" / "vscode"
     stub.mkdir(parents=True)
     (stub / "index.js").write_text(STUB_VSCODE)
-    r = subprocess.run([NODE, "-e", "const e = require('./out/extension.js'); "
-                        "console.log(typeof e.activate, typeof e.deactivate)"],
-                       cwd=tmp_path / "extension", capture_output=True, text=True, timeout=60)
+    r = _node("const e = require('./out/extension.js'); console.log(typeof e.activate, typeof e.deactivate)", ext)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["function", "function"]
 
 
-def test_extension_reads_model_from_user_settings_only():
-    src = (EXT / "src" / "extension.ts").read_text()
-    assert "inspect<string>('model')?.globalValue" in src
-    assert "vscode" not in "".join(line for line in (EXT / "src" / "session.ts").read_text().splitlines()
-                                   if line.startswith("import"))
+def test_extension_reads_model_from_user_settings_only(built: Path, tmp_path: Path):
+    """A workspace must not choose what runs: the model the extension passes to the server is
+    the user (global) setting, never the workspace's, even though `get` would return the latter."""
+    ext = _unpacked(built, tmp_path)
+    stub = ext / "node_modules" / "vscode"
+    stub.mkdir(parents=True)
+    (stub / "index.js").write_text(STUB_VSCODE_SETTINGS)
+    script = ("const e = require('./out/extension.js'); const vscode = require('vscode'); "
+              "console.log(JSON.stringify({settings: e.readSettings(), sections: vscode.stubSections}));")
+
+    def read(settings: dict) -> dict:
+        r = _node(script, ext, DRAFTLINE_STUB_SETTINGS=json.dumps(settings))
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    both = read({"model": {"globalValue": "/user/model.gguf", "workspaceValue": "/evil/model.gguf"},
+                 "drafts": {"globalValue": 2, "workspaceValue": 5}})
+    assert "draftline" in both["sections"]
+    assert both["settings"]["model"] == "/user/model.gguf"
+    assert both["settings"]["drafts"] == 5  # other settings do follow the workspace (the stub is read)
+    only_workspace = read({"model": {"workspaceValue": "/evil/model.gguf"}})
+    assert only_workspace["settings"].get("model") is None
+
+
+def test_session_module_runs_without_vscode(built: Path, tmp_path: Path):
+    """The client code in session.js (what the smoke test drives under plain Node) needs no
+    `vscode` module: it loads where none can be found."""
+    ext = _unpacked(built, tmp_path)
+    r = _node("let found = true; try { require.resolve('vscode'); } catch (e) { found = false; } "
+              "if (found) { console.log('vscode resolvable'); process.exit(3); } "
+              "const s = require('./out/session.js'); "
+              "console.log(typeof s.initializationOptions, typeof s.configurationChange);", ext)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.split() == ["function", "function"]
 
 
 @pytest.mark.real_model
