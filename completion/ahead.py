@@ -130,10 +130,16 @@ class AheadStore:
         elsewhere changed the rest), with its anchor draft ended naturally, and a prompt of
         about the same size (a window grown since from 600 to 2k tokens changed the answer
         in 14 of 16 such replay cases: the check would only cost its forward)."""
+        e = self.at_place(doc, prefix, suffix, heal)
+        if e is not None and e.raw and e.natural and e.natural[0] and abs(e.prompt_len - prompt_len) <= PROMPT_DRIFT:
+            return e
+        return None
+
+    def at_place(self, doc: str, prefix: str, suffix: str, heal: str) -> Entry | None:
+        """The newest kept answer for the same place: the same LOCAL characters before and
+        after the cursor and the same healed text."""
         for e in self._by_doc.get(doc, ()):
-            if (e.raw and e.natural and e.natural[0] and e.heal == heal
-                    and abs(e.prompt_len - prompt_len) <= PROMPT_DRIFT
-                    and prefix[-LOCAL:] == e.prefix[-LOCAL:] and suffix[:LOCAL] == e.suffix[:LOCAL]):
+            if e.heal == heal and prefix[-LOCAL:] == e.prefix[-LOCAL:] and suffix[:LOCAL] == e.suffix[:LOCAL]:
                 return e
         return None
 

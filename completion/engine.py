@@ -12,13 +12,14 @@ import logging
 import re
 import threading
 import time
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
 import torch
 
-from .ahead import AheadStore, Entry, Pending, continue_drafts, reverify
+from .ahead import PROMPT_DRIFT, AheadStore, Entry, Pending, continue_drafts, reverify
 from .decode import decode
 from .drafts import DecodeSpec, DecodeStats, Draft, HealGuide, PieceIndex
 from .junk import cut_loop
@@ -411,6 +412,26 @@ class Engine:
         )
 
     # -- answers ahead of the user (completion.ahead) ---------------------------------------
+    def reanswer(self, doc: str, text: str, cursor: int, cancel: threading.Event | None = None,
+                 context: DocContext | None = None) -> Result | None:
+        """Idle time once a short window has grown back: the last request's place answered
+        again from the full window, and kept.  Why: the next request there after an edit
+        elsewhere is then a `reverify` (one tree forward, ~60 ms) instead of a decode: in
+        the replay (r5, 2026-12-05) edit_far spent 70-1030 ms decoding after a 50-90 ms
+        sync, because its kept answer came from the open's 640-token window and a prompt
+        that much longer changes the answer (`PROMPT_DRIFT`).  The drafts a typed-ahead
+        lookup serves come from the full window too.  None: nothing to do (no answer at
+        this place, the window not grown yet, or the kept answer already from about it)."""
+        if not self.config.ahead or doc not in self.texts:
+            return None
+        pr = self.prompt_for(doc, text, cursor)
+        e = self.ahead.at_place(doc, pr.prefix, pr.suffix, pr.heal)
+        if e is None or abs(e.prompt_len - len(pr.tokens)) <= PROMPT_DRIFT:
+            return None
+        if self.prompt_for(doc, text, cursor, cap=GROW_SLACK).window_start > pr.window_start:
+            return None  # the cache does not hold this window (yet): `prepare` grows it first
+        return self.complete(doc, text, cursor, cancel=cancel, context=context)
+
     def _keep_ahead(self, doc: str, pr: Prompt, outs: list[DraftOut], raws: list[Draft], trim) -> bool:
         entry = Entry(pr.prefix, pr.suffix, tuple(o.text for o in outs), tuple(o.replace for o in outs),
                       heal=pr.heal, raw=tuple(tuple(d.tokens) for d in raws), prompt_len=len(pr.tokens),
@@ -463,7 +484,10 @@ class Engine:
                 texts[i], replace[i] = t, r
                 n += 1
         if n:
-            self.ahead.replace(doc, e, Entry(e.prefix, e.suffix, tuple(texts), tuple(replace), e.created))
+            # the same entry with longer texts: what `reverify` and `reanswer` read (its raw
+            # drafts, heal, prompt size) stays (a fresh Entry here lost them: no answer was
+            # ever re-verified in the server after its drafts were continued)
+            self.ahead.replace(doc, e, dataclasses.replace(e, texts=tuple(texts), replace=tuple(replace)))
         return n
 
     def _finish(self, pr: Prompt, drafts, trim) -> tuple[list[DraftOut], list[Draft]]:

@@ -13,7 +13,8 @@ text in front of them) is re-encoded exactly when the editor has been idle for
 `idleRefreshMs`, or 250 ms after the last answer when more than `staleLimit` tokens are
 stale; a request for one document pushes the other documents' refreshes back to idle
 time.  Right after an answer, its drafts are continued (`ahead`) while the user reads
-them; an edit that types what they predicted keeps that going, any other edit cancels
+them; once a short window has grown back, the last request's place is answered again
+from the whole window (`reanswer`, also an `ahead` job); an edit that types what they predicted keeps that going, any other edit cancels
 it.  An accepted draft's follow-up is computed at once unless the continuation already
 knows it (`prefetch_after_accept`).
 """
@@ -139,6 +140,7 @@ class CachePolicy:
                 self._prepare_now(uri)
             else:
                 self._after_prepare(uri)
+                self.reanswer(uri)
 
         job.future.add_done_callback(done)
 
@@ -162,6 +164,31 @@ class CachePolicy:
                                   supersede=("prepare", "refresh"))
         job.future.add_done_callback(_quiet)
         self.prefetched[uri] = (version, cursor, job.future)
+
+    def reanswer(self, uri: str) -> None:
+        """The active document's window is whole again: if its last request was answered
+        from a shorter one, answer that place again from the full window (`Engine.reanswer`:
+        the next request there after an edit elsewhere is re-verified, not decoded), then
+        continue the new drafts.  Any edit the drafts did not predict cancels it (`ahead`)."""
+        ls = self.ls
+        eng, doc = ls.engine, ls.docs.docs.get(uri)
+        if eng is None or doc is None or uri != ls.active or not ls.settings.ahead or doc.request_cursor is None:
+            return
+        text, cursor, context = doc.text, doc.request_cursor, ls.context_of(doc)
+        job = ls.scheduler.submit(uri, "ahead", lambda c: eng.reanswer(uri, text, cursor, c, context),
+                                  supersede=("ahead",))
+
+        def done(f: asyncio.Future) -> None:
+            if f.cancelled() or f.exception() is not None or f.result() is None:
+                return
+            res = f.result()
+            ls.counters["reanswered"] = ls.counters.get("reanswered", 0) + 1
+            log.debug("re-answered %s from %d tokens in %.0f ms", uri, res.tokens["prompt"], res.timings["total"])
+            if res.ahead_pending:
+                ls.scheduler.submit(uri, "ahead", lambda c: eng.continue_ahead(uri, c),
+                                    supersede=("ahead",)).future.add_done_callback(_quiet)
+
+        job.future.add_done_callback(done)
 
     def _after_prepare(self, uri: str) -> None:
         ls = self.ls

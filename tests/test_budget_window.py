@@ -144,3 +144,59 @@ def test_an_answer_kept_for_a_place_is_reverified_after_an_edit_elsewhere(defaul
             assert kept.tokens["steps"] == 1 < decoded.tokens["steps"]
         assert kept.drafts[0].text == decoded.drafts[0].text
     assert reused_any >= 1
+
+
+@pytest.mark.real_model
+def test_a_short_window_answer_is_answered_again_once_the_window_grew_back(default_model):
+    """A cold open is answered from a short window; once idle time has grown the window back,
+    `reanswer` answers that place again from the whole window (once), and an edit far above
+    the cursor is then answered by re-verifying that answer instead of decoding: what decoding
+    would say, in one tree forward.  Without the re-answer the kept answer's prompt is too
+    short to be re-verified, and the same edit is decoded."""
+    from draftline.completion.guides import make_trim
+
+    src = stdlib_source("textwrap.py")
+    cut = src.index("        chunks = self._split_chunks(text)")
+    text = src[:cut]
+    at = text.index("class TextWrapper:")
+    edits = [text[:at] + "\n" + text[at:],  # a blank line far above
+             text.replace("# Hardcode the recognized whitespace characters", "# The recognized whitespace characters"),
+             "# a comment the user added\n" + text]
+    trim = make_trim("python")
+    reused = {True: 0, False: 0}
+    for edited in edits:
+        outs = {}
+        for again in (True, False):
+            # a budget (so a cold request gets a short window) that never runs out here
+            eng = engine(default_model, request_cap=256, latency_budget_ms=600_000)
+            first = eng.complete("file:///o.py", text, len(text), trim=trim)
+            assert first.short_window
+            while eng.prepare("file:///o.py", text, len(text)).more:  # idle time: grow it back
+                pass
+            eng.refresh("file:///o.py")
+            if again:
+                res = eng.reanswer("file:///o.py", text, len(text))
+                assert res is not None and not res.short_window
+                assert res.tokens["prompt"] == len(eng.prompt_for("file:///o.py", text, len(text)).tokens)
+                assert eng.reanswer("file:///o.py", text, len(text)) is None  # once
+                eng.continue_ahead("file:///o.py")  # as the server does next: still re-verifiable
+            outs[again] = eng.complete("file:///o.py", edited, len(edited), trim=trim)
+        for again, got in outs.items():
+            reused[again] += got.tokens["reused"]
+        assert outs[True].drafts[0].text == outs[False].drafts[0].text  # checked, or decoded: the same
+    assert reused[False] == 0 and reused[True] >= 1, reused  # where the edit changed the answer, it is decoded
+
+
+def test_no_reanswer_where_nothing_was_asked_or_the_window_is_short(tiny):
+    eng = engine(tiny, k=1, max_tokens=2, request_cap=96, backfill_step=64)
+    src = stdlib_source("textwrap.py")[:6000]
+    assert eng.reanswer("file:///n.py", src, len(src)) is None  # unknown document
+    eng.complete("file:///n.py", src, len(src))  # a short window
+    assert eng.reanswer("file:///n.py", src, len(src)) is None  # not grown back yet: nothing to do
+    eng.prepare("file:///n.py", src, len(src))
+    assert eng.reanswer("file:///n.py", src, len(src)) is None  # one step is not the whole window
+    while eng.prepare("file:///n.py", src, len(src)).more:
+        pass
+    other = src.rindex("\n", 0, len(src) - 3000)
+    assert eng.reanswer("file:///n.py", src, other) is None  # a place nobody asked about
+    assert eng.reanswer("file:///n.py", src, len(src)) is not None

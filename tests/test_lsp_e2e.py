@@ -178,3 +178,32 @@ async def test_typing_what_a_draft_said_is_answered_from_it(client: LanguageClie
     st = plain(await client.protocol.send_request_async("draftline/status", {"recent": 3}))
     assert [r["source"] for r in st["recent"]] == ["engine", "ahead", "ahead"]
     assert st["counters"]["ahead_hits"] == 2
+
+
+def test_an_open_answered_from_a_short_window_is_answered_again_in_idle_time():
+    """Over stdio: a cold open is answered from a short window; the server grows the window
+    back and answers that place again in idle time (`reanswered`), so an edit far above the
+    cursor is then answered by re-verifying that answer (`reused`: one tree forward)."""
+    from support.clients import RawServer
+
+    src = stdlib_source("textwrap.py")
+    text = src[:src.index("        chunks = self._split_chunks(text)")]
+    line = text.count("\n")
+    uri = "file:///work/reanswer.py"
+    with RawServer(None) as s:
+        # a budget that never runs out here: what is decoded does not depend on this machine's speed
+        s.initialize({"latencyBudgetMs": 600_000, "drafts": 3, "maxTokens": 48})
+        s.open(uri, text)
+        first = s.wait(s.inline(uri, line, 0), timeout=300)
+        assert first["result"]["items"]
+        rec = s.result("draftline/status", {"recent": 1})["recent"][-1]
+        assert rec["tokens"]["window"] == "short"
+        s.until(lambda: s.status()["counters"].get("reanswered"), timeout=300, every=0.5)
+        at = text[:text.index("class TextWrapper:")].count("\n")
+        s.change(uri, 2, [{"range": {"start": {"line": at, "character": 0}, "end": {"line": at, "character": 0}},
+                           "text": "\n"}])  # a blank line far above
+        again = s.wait(s.inline(uri, line + 1, 0), timeout=300)
+        assert again["result"]["items"]
+        rec = s.result("draftline/status", {"recent": 1})["recent"][-1]
+        assert rec["version"] == 2 and rec["tokens"]["window"] == "full"
+        assert rec["tokens"]["reused"] and rec["tokens"]["steps"] == 1, rec
