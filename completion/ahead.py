@@ -23,6 +23,7 @@ the continuation is dropped.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -167,6 +168,13 @@ def reverify(cache: DocCache, prompt: list[int], e: Entry, tok: Tokenizer, spec:
     prompt is untouched: the tree lives in scratch slots after it."""
     from .superposed import VERIFY_MIN_P
 
+    # Each draft is checked up to its first complete line, whatever time is left: a kept
+    # answer was often stopped there by its own request's deadline, after decoding a few
+    # tokens of the next line that were cut; with time left now the anchor "would go on"
+    # and the replay's edit_far (2026-12-05) re-verified 4 of 13 kept answers: the three
+    # rejections looked at were this, their first line unchanged.  More lines come from
+    # the continuation, as after any answer.
+    spec = dataclasses.replace(spec, first_line=True)
     n = len(prompt)
     seqs = [list(t) for t in e.raw if t]
     if not seqs or cache.tokens != prompt[:-1]:

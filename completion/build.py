@@ -29,7 +29,7 @@ def build_engine(settings: Any, progress: Progress | None = None, workspace_root
     from . import model as M
     from .guides import GuideFactory, make_trim, token_masker, warm_up
 
-    lm = M.load(settings.model, progress=progress, dtype=settings.dtype, quantize=settings.quantize)
+    lm = M.load(settings.model, progress=progress or M._noop, dtype=settings.dtype, quantize=settings.quantize)
     eng = Engine(lm, engine_config(settings))
     eng.trim_for = make_trim
     if settings.monitors.enabled:

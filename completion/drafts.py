@@ -125,6 +125,9 @@ class DecodeSpec:
     # it is.  Analyses never wait past the deadline (`mask_for`).
     deadline: float | None = None
     hard_deadline: float | None = None
+    # as if the deadline had passed, for the stop only: a draft ends at its first complete
+    # line (`ahead.reverify`: a kept answer stopped there by its own request's deadline)
+    first_line: bool = False
 
 
 #: how long an analysis may take, from its start, before the mask of a draft other than the
@@ -212,12 +215,12 @@ def extend(d: Draft, tok_id: int, lp: float, tok: Tokenizer, spec: DecodeSpec) -
             d.cut = h + at
             d.done = d.looped = True
             return
-    if spec.deadline is not None and len(d.tokens) > 1:
+    if (spec.deadline is not None or spec.first_line) and len(d.tokens) > 1:
         now = time.perf_counter()
         if spec.hard_deadline is not None and now >= spec.hard_deadline:
             d.done = d.open_end = True
             return
-        if now >= spec.deadline and spec.stop is not None:
+        if (spec.first_line or now >= spec.deadline) and spec.stop is not None:
             c = spec.stop.line_cut(d.text)  # the end of the last complete line, if any
             if c is not None:
                 d.cut = c

@@ -43,6 +43,7 @@ class CachePolicy:
         # after an accepted draft: uri -> (version, cursor, future of the engine result)
         self.prefetched: dict[str, tuple[int, int, asyncio.Future]] = {}
         self.accepted_pending: dict[str, str] = {}
+        self._short: set[str] = set()  # last answered from a short window, not answered again yet
 
     # -- events from the handlers ------------------------------------------------------------
     def on_open(self, uri: str) -> None:
@@ -64,6 +65,7 @@ class CachePolicy:
             self.schedule_prepare(uri)
 
     def on_close(self, uri: str) -> None:
+        self._short.discard(uri)
         for table in (self._debounce, self._idle):
             h = table.pop(uri, None)
             if h is not None:
@@ -89,11 +91,13 @@ class CachePolicy:
 
     def after_answer(self, uri: str, res: Any) -> None:
         """An engine answer went out: continue its drafts, grow its window, or arm the refresh."""
-        eng = self.ls.engine
-        if getattr(res, "ahead_pending", False):
-            self.ls.scheduler.submit(uri, "ahead", lambda c: eng.continue_ahead(uri, c),
-                                     supersede=("ahead",)).future.add_done_callback(_quiet)
+        # an answer from a short window is answered again once the window has grown back
+        # (`reanswer`), and that answer is continued: continuing this one too put ~200 ms
+        # before the window's growth, and the re-answer came after the replay's next edit
+        if getattr(res, "ahead_pending", False) and not getattr(res, "short_window", False):
+            self._continue(uri)
         if getattr(res, "short_window", False):
+            self._short.add(uri)  # answered again once the window is whole (`reanswer`)
             self.schedule_prepare(uri, delay=0)  # grow the window back, a step at a time
         else:
             self._after_prepare(uri)
@@ -169,26 +173,37 @@ class CachePolicy:
         """The active document's window is whole again: if its last request was answered
         from a shorter one, answer that place again from the full window (`Engine.reanswer`:
         the next request there after an edit elsewhere is re-verified, not decoded), then
-        continue the new drafts.  Any edit the drafts did not predict cancels it (`ahead`)."""
+        continue the drafts (the new ones, or the kept ones when there was nothing to do).
+        Any edit the drafts did not predict cancels it (`ahead`)."""
         ls = self.ls
         eng, doc = ls.engine, ls.docs.docs.get(uri)
-        if eng is None or doc is None or uri != ls.active or not ls.settings.ahead or doc.request_cursor is None:
+        if uri not in self._short or eng is None or doc is None or not ls.settings.ahead:
+            return
+        self._short.discard(uri)
+        if uri != ls.active or doc.request_cursor is None:
+            self._continue(uri)
             return
         text, cursor, context = doc.text, doc.request_cursor, ls.context_of(doc)
         job = ls.scheduler.submit(uri, "ahead", lambda c: eng.reanswer(uri, text, cursor, c, context),
                                   supersede=("ahead",))
 
         def done(f: asyncio.Future) -> None:
-            if f.cancelled() or f.exception() is not None or f.result() is None:
+            if f.cancelled() or f.exception() is not None:
                 return
             res = f.result()
-            ls.counters["reanswered"] = ls.counters.get("reanswered", 0) + 1
-            log.debug("re-answered %s from %d tokens in %.0f ms", uri, res.tokens["prompt"], res.timings["total"])
-            if res.ahead_pending:
-                ls.scheduler.submit(uri, "ahead", lambda c: eng.continue_ahead(uri, c),
-                                    supersede=("ahead",)).future.add_done_callback(_quiet)
+            if res is not None:
+                ls.counters["reanswered"] = ls.counters.get("reanswered", 0) + 1
+                log.debug("re-answered %s from %d tokens in %.0f ms", uri, res.tokens["prompt"], res.timings["total"])
+            if res is None or res.ahead_pending:
+                self._continue(uri)
 
         job.future.add_done_callback(done)
+
+    def _continue(self, uri: str) -> None:
+        """Continue the document's last answer in idle time (`Engine.continue_ahead`)."""
+        eng = self.ls.engine
+        self.ls.scheduler.submit(uri, "ahead", lambda c: eng.continue_ahead(uri, c),
+                                 supersede=("ahead",)).future.add_done_callback(_quiet)
 
     def _after_prepare(self, uri: str) -> None:
         ls = self.ls

@@ -3,6 +3,8 @@ cold or far-moved cursor grown back in idle time, answers ahead of the user."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -200,3 +202,31 @@ def test_no_reanswer_where_nothing_was_asked_or_the_window_is_short(tiny):
     other = src.rindex("\n", 0, len(src) - 3000)
     assert eng.reanswer("file:///n.py", src, other) is None  # a place nobody asked about
     assert eng.reanswer("file:///n.py", src, len(src)) is not None
+
+
+@pytest.mark.real_model
+def test_an_answer_its_deadline_cut_after_one_line_is_reverified_with_time_left(default_model):
+    """A kept answer stopped after its first line by its own request's deadline (its raw
+    tokens run a little into the next line) is re-verified by a request that has time left:
+    the check ends each draft at its first complete line, as that deadline did."""
+    from draftline.completion.guides import make_trim
+
+    src = stdlib_source("textwrap.py")
+    # the middle of a method body: with time left the rule goes on past the first line
+    text = src[:src.index("        self.width = width")]
+    at = text.index("class TextWrapper:")
+    edited = text[:at] + "\n" + text[at:]
+    trim = make_trim("python")
+    eng = engine(default_model, latency_budget_ms=1)  # the deadline passes at once
+    first = eng.complete("file:///d.py", text, len(text), trim=trim)
+    e = eng.ahead._by_doc["file:///d.py"][0]
+    assert first.drafts and e.natural[0]
+    # what the deadline cut: the raw anchor with the start of the next line (as the replay's were)
+    raw0 = tuple(e.raw[0]) + tuple(eng.tok.encode("self._x"))
+    said = eng.tok.decode(list(raw0))
+    assert first.drafts[0].text + "\n" in said and said.endswith("self._x"), said
+    eng.ahead.put("file:///d.py", dataclasses.replace(e, raw=(raw0,) + e.raw[1:]))
+    eng.config.latency_budget_ms = 600_000  # now a request with all the time it wants
+    got = eng.complete("file:///d.py", edited, len(edited), trim=trim)
+    assert got.tokens["reused"], got.tokens
+    assert got.drafts[0].text == first.drafts[0].text
