@@ -339,9 +339,7 @@ class Engine:
             trim = self.trim_for(context.language)
         budget = cfg.latency_budget_ms / 1000
         deadline = (arrived if arrived is not None else t0) + budget if budget > 0 else None
-        header = None
-        if self.headers is not None and context is not None:  # the project context (snapshot only)
-            header = self.headers.update(doc, text, cursor, context.others)
+        header = None  # the document's project-context header as last chosen (`update_header`)
         pr = self.request_prompt(doc, text, cursor, header) if budget > 0 else \
             self.prompt_for(doc, text, cursor, header=header)
         short = pr.window_start > self.full_window_start(doc, cursor)
@@ -410,6 +408,17 @@ class Engine:
             short_window=short,
             ahead_pending=pending,
         )
+
+    def update_header(self, doc: str, text: str, cursor: int, context: DocContext,
+                      cancel: threading.Event | None = None) -> bool:
+        """Idle time after an answer: choose the document's project-context header for this
+        cursor (`completion.context`); the next sync splices a changed one in by PIE.  Why not
+        on the request: the selection took 200-900 ms per request over the replay's indexes
+        (2026-12-05, test split: p50 +1 s on every kind).  True: the header changed."""
+        if self.headers is None or doc not in self.texts:
+            return False
+        before = self.headers.current(doc)
+        return self.headers.update(doc, text, cursor, context.others, cancel) != before
 
     # -- answers ahead of the user (completion.ahead) ---------------------------------------
     def reanswer(self, doc: str, text: str, cursor: int, cancel: threading.Event | None = None,

@@ -26,11 +26,11 @@ import logging
 from typing import Any
 
 from .documents import MAX_DOCUMENT_CHARS
+from .scheduler import BACKGROUND
 
 log = logging.getLogger(__name__)
 
 STALE_REFRESH_DELAY_S = 0.25  # quiet time before a refresh forced by staleness starts
-BACKGROUND = ("ahead", "prepare", "prefill", "refresh")
 
 
 class CachePolicy:
@@ -96,6 +96,8 @@ class CachePolicy:
         # before the window's growth, and the re-answer came after the replay's next edit
         if getattr(res, "ahead_pending", False) and not getattr(res, "short_window", False):
             self._continue(uri)
+        if getattr(self.ls.engine, "headers", None) is not None:
+            self.update_header(uri)
         if getattr(res, "short_window", False):
             self._short.add(uri)  # answered again once the window is whole (`reanswer`)
             self.schedule_prepare(uri, delay=0)  # grow the window back, a step at a time
@@ -196,6 +198,23 @@ class CachePolicy:
                 log.debug("re-answered %s from %d tokens in %.0f ms", uri, res.tokens["prompt"], res.timings["total"])
             if res is None or res.ahead_pending:
                 self._continue(uri)
+
+        job.future.add_done_callback(done)
+
+    def update_header(self, uri: str) -> None:
+        """projectContext: choose the header for the last request's cursor in idle time
+        (`Engine.update_header`); a changed one is synced in at once (a PIE splice)."""
+        ls = self.ls
+        eng, doc = ls.engine, ls.docs.docs.get(uri)
+        if doc is None or doc.request_cursor is None:
+            return
+        text, cursor, context = doc.text, doc.request_cursor, ls.context_of(doc)
+        job = ls.scheduler.submit(uri, "header", lambda c: eng.update_header(uri, text, cursor, context, c),
+                                  supersede=("header",))
+
+        def done(f: asyncio.Future) -> None:
+            if not f.cancelled() and f.exception() is None and f.result() and uri not in self._debounce:
+                self.schedule_prepare(uri, delay=0)
 
         job.future.add_done_callback(done)
 

@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 # "ahead" continues the drafts of the answer just given (completion.ahead); "prepare" syncs
 # the active document's cache (and grows its short window back), "prefill" the same for
 # documents the user is not in.
-PRIORITY = {"load": 0, "complete": 1, "other": 1, "ahead": 2, "prepare": 3, "prefill": 3.5, "refresh": 4}
-BACKGROUND = ("ahead", "prepare", "prefill", "refresh")
+PRIORITY = {"load": 0, "complete": 1, "other": 1, "ahead": 2, "header": 2.5, "prepare": 3, "prefill": 3.5,
+            "refresh": 4}
+BACKGROUND = ("ahead", "header", "prepare", "prefill", "refresh")
 
 
 @dataclass

@@ -111,3 +111,35 @@ def test_a_header_change_is_a_splice_not_a_reencode(tiny, mode):
     header = len(eng.tok.encode(eng.headers.text))
     assert r1.sync.moved > n // 2  # the file's tokens moved behind the new header
     assert r1.tokens["computed"] <= header + 4  # only the header (and the tokens at its seam)
+
+
+def test_the_header_is_chosen_in_idle_time_not_on_the_request(tiny, tmp_path):
+    """A request never runs the selection (200-900 ms over a real workspace): it uses the
+    header chosen last; `update_header` (idle time, stopped by a request's cancel) chooses
+    it, and the next request's prompt holds it."""
+    import threading
+
+    from draftline.completion.context import Headers
+    from draftline.completion.engine import DocContext, Engine, EngineConfig
+    from draftline.completion.kvcache import Cancelled
+
+    (tmp_path / "helpers.py").write_text(HELPERS)
+    index = ProjectIndex()
+    index.build([str(tmp_path)]).join()
+    eng = Engine(tiny, EngineConfig(k=1, max_tokens=2, latency_budget_ms=0, project_context=True, monitors=False))
+    eng.headers = Headers(index, eng.tok, eng.config.header_tokens)
+    uri = (tmp_path / "main.py").as_uri()
+    ctx = DocContext("python")
+    r0 = eng.complete(uri, MAIN, len(MAIN), context=ctx)
+    assert eng.headers.current(uri) == ""  # the request chose nothing
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Cancelled):
+        eng.update_header(uri, MAIN, len(MAIN), ctx, stop)
+    assert eng.headers.current(uri) == ""
+    assert eng.update_header(uri, MAIN, len(MAIN), ctx) is True
+    assert "normalize_path" in eng.headers.current(uri)
+    assert eng.update_header(uri, MAIN, len(MAIN), ctx) is False  # the same place: kept
+    r1 = eng.complete(uri, MAIN, len(MAIN), context=ctx)
+    header = len(eng.tok.encode(eng.headers.current(uri)))
+    assert r1.tokens["prompt"] >= r0.tokens["prompt"] + header - 2
