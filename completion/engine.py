@@ -177,6 +177,7 @@ class Engine:
         self.ahead = AheadStore()
         self.headers = None  # completion.context.Headers when project_context (completion.build)
         self._header_ids: dict[str, tuple[str, list[int]]] = {}
+        self._synced_header: dict[str, str] = {}  # the header each document's cache was last synced with
 
     def warm_up(self) -> float:
         """Run each forward shape a request uses once (a prefill chunk, a sync's rows, a
@@ -227,6 +228,7 @@ class Engine:
         self.texts.pop(doc, None)
         self.bases.pop(doc, None)
         self._header_ids.pop(doc, None)
+        self._synced_header.pop(doc, None)
         if self.headers is not None:
             self.headers.drop(doc)
         self.caches.drop(doc)
@@ -262,10 +264,11 @@ class Engine:
         cfg = self.config
         at = cursor - self.bases.get(doc, 0)
         hids = self.header_ids(doc, header)
+        htext = self._header_ids[doc][0] if hids else ""
 
         def make(start: int | None = None) -> Prompt:
-            return build_prompt(tt, at, self.tok, self.context_tokens, cfg.suffix_tokens,
-                                heal=cfg.token_healing, start=start, header=hids)
+            return dataclasses.replace(build_prompt(tt, at, self.tok, self.context_tokens, cfg.suffix_tokens,
+                                                    heal=cfg.token_healing, start=start, header=hids), header=htext)
 
         full = make()
         if cap is None:
@@ -295,7 +298,13 @@ class Engine:
         """Sync the document's cache for a cursor (the idle-time work after an edit, or one
         step of growing a short window back: at most `backfill_step` tokens per call, so a
         request waits for at most one such step).  `SyncStats.more`: call again."""
-        pr = self.prompt_for(doc, text, cursor, cap=self.config.backfill_step + CAP_SLACK)
+        cap = self.config.backfill_step + CAP_SLACK
+        if self.headers is not None and self._synced_header.get(doc, "") != self.headers.current(doc):
+            # a new project-context header goes in whole, in this step: capped with the
+            # window, it left the cache a header and a sliver of the file, and the next
+            # request re-encoded a short window (640 tokens; replay test split, 2026-12-05)
+            cap += len(self.header_ids(doc, None))
+        pr = self.prompt_for(doc, text, cursor, cap=cap)
         if cancel is not None and cancel.is_set():
             raise Cancelled()
         st = self._sync(doc, pr, None)  # one step: never left half done (see kvcache.sync)
@@ -309,6 +318,7 @@ class Engine:
         st = cache.sync(pr.tokens[:-1], mode="pie" if self.config.pie else "full", cancel=cancel,
                         extra=self.config.max_tokens * self.config.k + 1,
                         tail=pr.tokens[-1] if with_tail else None)
+        self._synced_header[doc] = pr.header
         self.caches.enforce(keep=doc)
         return st
 
@@ -339,7 +349,10 @@ class Engine:
             trim = self.trim_for(context.language)
         budget = cfg.latency_budget_ms / 1000
         deadline = (arrived if arrived is not None else t0) + budget if budget > 0 else None
-        header = None  # the document's project-context header as last chosen (`update_header`)
+        # the project-context header the cache holds: a newer one (`update_header`) is
+        # spliced in by `prepare` in idle time; on a request its splice cost 400-500 ms
+        # (the replay's test split, 2026-12-05: edit_far p50 879 vs 335 ms without a header)
+        header = self._synced_header.get(doc, "") if self.headers is not None else None
         pr = self.request_prompt(doc, text, cursor, header) if budget > 0 else \
             self.prompt_for(doc, text, cursor, header=header)
         short = pr.window_start > self.full_window_start(doc, cursor)

@@ -25,6 +25,7 @@ class Prompt:
     window_start: int  # index of the first document token in the prompt
     fim: bool
     body_end: int = 0  # index of the document token the prompt stops before (the heal's)
+    header: str = ""  # the project-context header its tokens start with (completion.context)
 
 
 def _is_space(s: str) -> bool:

@@ -107,10 +107,15 @@ def test_a_header_change_is_a_splice_not_a_reencode(tiny, mode):
     n = r0.tokens["prompt"]
     assert r0.tokens["computed"] >= n - 2  # cold: everything
     eng.headers.text = "# ---- b.py ----\ndef beta(y, z):\n    \"\"\"Twice y, z times.\"\"\"\n    return y * z * 2\n# ---- main.py ----\n"
-    r1 = eng.complete("file:///m.py", src, len(src), context=ctx_cls("python"))
+    same = eng.complete("file:///m.py", src, len(src), context=ctx_cls("python"))
+    assert same.sync.computed == 0  # a request keeps the header its cache holds
+    st = eng.prepare("file:///m.py", src, len(src))  # idle time: the new header goes in
     header = len(eng.tok.encode(eng.headers.text))
-    assert r1.sync.moved > n // 2  # the file's tokens moved behind the new header
-    assert r1.tokens["computed"] <= header + 4  # only the header (and the tokens at its seam)
+    assert st.moved > n // 2  # the file's tokens moved behind the new header
+    assert st.computed <= header + 4  # only the header (and the tokens at its seam)
+    r1 = eng.complete("file:///m.py", src, len(src), context=ctx_cls("python"))
+    ids = eng.tok.encode(eng.headers.text)
+    assert r1.sync.computed == 0 and eng.cache_of("file:///m.py").tokens[:len(ids)] == ids  # the request found it there
 
 
 def test_the_header_is_chosen_in_idle_time_not_on_the_request(tiny, tmp_path):
@@ -140,6 +145,42 @@ def test_the_header_is_chosen_in_idle_time_not_on_the_request(tiny, tmp_path):
     assert eng.update_header(uri, MAIN, len(MAIN), ctx) is True
     assert "normalize_path" in eng.headers.current(uri)
     assert eng.update_header(uri, MAIN, len(MAIN), ctx) is False  # the same place: kept
+    eng.prepare(uri, MAIN, len(MAIN))  # the policy's idle-time sync after a changed header
     r1 = eng.complete(uri, MAIN, len(MAIN), context=ctx)
     header = len(eng.tok.encode(eng.headers.current(uri)))
     assert r1.tokens["prompt"] >= r0.tokens["prompt"] + header - 2
+
+
+def test_a_header_larger_than_a_backfill_step_goes_in_whole_and_keeps_the_file(tiny):
+    """A new header of more tokens than one idle-time step (`backfill_step`) is synced in one
+    step with the file's tokens kept behind it; capped like a window step, it left a header
+    and a sliver of the file, and the next request re-encoded a short window."""
+    from draftline.completion.engine import DocContext, Engine, EngineConfig
+
+    eng = Engine(tiny, EngineConfig(k=1, max_tokens=2, latency_budget_ms=0, project_context=True, monitors=False,
+                                    backfill_step=64))
+
+    class Fixed:
+        text = ""
+
+        def current(self, doc):
+            return self.text
+
+        def update(self, doc, text, cursor, others, cancel=None):
+            return self.text
+
+        def drop(self, doc):
+            pass
+
+    eng.headers = Fixed()
+    src = stdlib_source("textwrap.py")[:6000]
+    r0 = eng.complete("file:///h.py", src, len(src), context=DocContext("python"))
+    n = r0.tokens["prompt"]
+    eng.headers.text = "".join(f"# ---- m{i}.py ----\ndef helper_{i}(value, scale={i}):\n    return value * scale\n"
+                               for i in range(12)) + "# ---- h.py ----\n"
+    header = len(eng.tok.encode(eng.headers.text))
+    assert header > 64 + 16
+    st = eng.prepare("file:///h.py", src, len(src))
+    assert st.computed <= header + 4 and st.moved > n // 2
+    r1 = eng.complete("file:///h.py", src, len(src), context=DocContext("python"))
+    assert r1.sync.computed == 0 and not r1.short_window
