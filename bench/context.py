@@ -33,7 +33,7 @@ def main() -> int:
     import torch
 
     from draftline.completion import model as M
-    from draftline.completion.engine import DocContext, Engine, EngineConfig
+    from draftline.completion.engine import Engine, EngineConfig
 
     torch.set_num_threads(2)
     lm = M.load(None)
@@ -69,7 +69,7 @@ def main() -> int:
         eng.headers = Fixed()
         eng.headers.text = render(picked, sigs, f.name, None)
         doc = f"file:///bench/{f.name}"
-        eng.complete(doc, text, cursor, context=DocContext("python"))
+        eng._sync(doc, eng.prompt_for(doc, text, cursor), None)  # the file behind its first header
         eng.refresh(doc)
         # a snippet out, another in (what a header change is)
         swapped = picked[:-1] + [others[len(others) // 2]] if picked else others[:1]

@@ -21,6 +21,16 @@ def engine(lm, **kw):
     return Engine(lm, EngineConfig(**cfg))
 
 
+def _textwrap_and_far_edits() -> tuple[str, list[str]]:
+    """textwrap.py up to a line in `TextWrapper.wrap`, and three edits far above it."""
+    src = stdlib_source("textwrap.py")
+    text = src[:src.index("        chunks = self._split_chunks(text)")]
+    at = text.index("class TextWrapper:")
+    return text, [text[:at] + "\n" + text[at:],  # a blank line far above
+                  text.replace("# Hardcode the recognized whitespace characters", "# The recognized whitespace characters"),
+                  "# a comment the user added\n" + text]
+
+
 # -- the window a request can afford --------------------------------------------------------------
 def test_a_cold_request_encodes_at_most_its_cap_nearest_the_cursor(tiny):
     eng = engine(tiny, k=1, max_tokens=2, request_cap=96, backfill_step=64)
@@ -125,13 +135,7 @@ def test_an_answer_kept_for_a_place_is_reverified_after_an_edit_elsewhere(defaul
     (and when the edit changed what the model would write, it is decoded again)."""
     from draftline.completion.guides import make_trim
 
-    src = stdlib_source("textwrap.py")
-    cut = src.index("        chunks = self._split_chunks(text)")
-    text = src[:cut]
-    at = text.index("class TextWrapper:")
-    edits = [text[:at] + "\n" + text[at:],  # a blank line far above
-             text.replace("# Hardcode the recognized whitespace characters", "# The recognized whitespace characters"),
-             "# a comment the user added\n" + text]
+    text, edits = _textwrap_and_far_edits()
     reused_any = 0
     for edited in edits:
         outs = []
@@ -157,13 +161,7 @@ def test_a_short_window_answer_is_answered_again_once_the_window_grew_back(defau
     short to be re-verified, and the same edit is decoded."""
     from draftline.completion.guides import make_trim
 
-    src = stdlib_source("textwrap.py")
-    cut = src.index("        chunks = self._split_chunks(text)")
-    text = src[:cut]
-    at = text.index("class TextWrapper:")
-    edits = [text[:at] + "\n" + text[at:],  # a blank line far above
-             text.replace("# Hardcode the recognized whitespace characters", "# The recognized whitespace characters"),
-             "# a comment the user added\n" + text]
+    text, edits = _textwrap_and_far_edits()
     trim = make_trim("python")
     reused = {True: 0, False: 0}
     for edited in edits:

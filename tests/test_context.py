@@ -38,6 +38,22 @@ def load(paths, base):
     return '''
 
 
+class FixedHeaders:
+    """Headers the test chooses (`text`), in place of `context.Headers`."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def current(self, doc):
+        return self.text
+
+    def update(self, doc, text, cursor, others, cancel=None):
+        return self.text
+
+    def drop(self, doc):
+        pass
+
+
 class Tok:
     """Counts words as tokens (the selection only needs sizes)."""
 
@@ -87,20 +103,7 @@ def test_a_header_change_is_a_splice_not_a_reencode(tiny, mode):
 
     eng = Engine(tiny, EngineConfig(k=1, max_tokens=2, latency_budget_ms=0, project_context=True, monitors=False))
 
-    class Fixed:  # headers the test chooses
-        def __init__(self):
-            self.text = "# ---- a.py ----\ndef alpha(x):\n    return x + 1\n# ---- main.py ----\n"
-
-        def current(self, doc):
-            return self.text
-
-        def update(self, doc, text, cursor, others):
-            return self.text
-
-        def drop(self, doc):
-            pass
-
-    eng.headers = Fixed()
+    eng.headers = FixedHeaders("# ---- a.py ----\ndef alpha(x):\n    return x + 1\n# ---- main.py ----\n")
     src = stdlib_source("textwrap.py")[:6000]
     ctx_cls = __import__("draftline.completion.engine", fromlist=["DocContext"]).DocContext
     r0 = eng.complete("file:///m.py", src, len(src), context=ctx_cls("python"))
@@ -160,19 +163,7 @@ def test_a_header_larger_than_a_backfill_step_goes_in_whole_and_keeps_the_file(t
     eng = Engine(tiny, EngineConfig(k=1, max_tokens=2, latency_budget_ms=0, project_context=True, monitors=False,
                                     backfill_step=64))
 
-    class Fixed:
-        text = ""
-
-        def current(self, doc):
-            return self.text
-
-        def update(self, doc, text, cursor, others, cancel=None):
-            return self.text
-
-        def drop(self, doc):
-            pass
-
-    eng.headers = Fixed()
+    eng.headers = FixedHeaders("")
     src = stdlib_source("textwrap.py")[:6000]
     r0 = eng.complete("file:///h.py", src, len(src), context=DocContext("python"))
     n = r0.tokens["prompt"]
