@@ -92,6 +92,11 @@ class AheadStore:
         cur = self._by_doc.get(doc, ())
         self._by_doc[doc] = tuple(new if e is old else e for e in cur)
 
+    def entries(self, doc: str) -> tuple[Entry, ...]:
+        """The document's kept answers, newest first (a team replica sends the newest to the
+        editor's edge, whose own store answers its keystrokes)."""
+        return self._by_doc.get(doc, ())
+
     def drop(self, doc: str) -> None:
         self._by_doc.pop(doc, None)
         self.pending.pop(doc, None)

@@ -39,6 +39,8 @@ def cmd_serve(a: argparse.Namespace, engine_factory=None, extend=None) -> int:
     s = Settings()
     if a.model:
         s.model = a.model
+    if getattr(a, "engine", None):
+        s.engine = a.engine  # its token: `engineToken` or DRAFTLINE_ENGINE_TOKEN (never argv: `ps` shows it)
     ls = build_server(s, engine_factory)
     if extend is not None:
         extend(ls)
@@ -119,6 +121,50 @@ def cmd_complete(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_engine(a: argparse.Namespace) -> int:
+    """`draftline engine serve`: the model side for a team, as a Ray Serve application
+    (completion/engine_app.py, docs/team.md).  The token comes from DRAFTLINE_ENGINE_TOKEN
+    or --token-file (a fresh one is made and printed when neither is set)."""
+    _logging(a.log_level)
+    import dataclasses
+    import secrets
+
+    from .config import Settings
+
+    token = os.environ.get("DRAFTLINE_ENGINE_TOKEN", "")
+    if a.token_file:
+        try:
+            with open(a.token_file, encoding="utf-8") as f:
+                token = f.read().strip()
+        except OSError as e:
+            print(f"draftline engine: cannot read {a.token_file}: {e}", file=sys.stderr)
+            return 2
+    if not token:
+        token = secrets.token_urlsafe(24)
+        print(f"draftline engine: no DRAFTLINE_ENGINE_TOKEN: this run's token is {token}", file=sys.stderr)
+    if a.replicas < 1:
+        print("draftline engine: --replicas must be at least 1", file=sys.stderr)
+        return 2
+    s = Settings()
+    if a.model:
+        s.model = a.model
+    if a.cache_budget_mb:
+        s.cache_budget_mb = a.cache_budget_mb
+    if a.no_monitors:
+        s.monitors.enabled = False
+    settings = dataclasses.asdict(s)
+    for k in ("engine", "engine_token", "engine_user", "log_level"):
+        settings.pop(k, None)
+    try:
+        from draftline.completion.engine_app import serve_forever
+    except ImportError as e:
+        print(f"draftline engine: Ray Serve is not installed ({e}): pip install 'draftline[team]'",
+              file=sys.stderr)
+        return 2
+    return serve_forever(settings, a.replicas, token, host=a.host, port=a.port, threads=a.threads,
+                         address=a.address)
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     """A headless tour on code nobody here wrote (lsp/demo.py)."""
     _logging(a.log_level)
@@ -178,7 +224,22 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--clientProcessId", "--client-process-id", dest="client_process_id", type=int,
                    metavar="PID", help="exit when this process (the editor) is gone")
     s.add_argument("--model", help="HF model directory or .gguf file (default: SmolLM2-135M)")
+    s.add_argument("--engine", metavar="URL", help="a team engine (`draftline engine serve`) instead of a "
+                   "model in this process; token in DRAFTLINE_ENGINE_TOKEN")
     s.set_defaults(fn=cmd_serve)
+
+    e = sub.add_parser("engine", help="the model side for a team (Ray Serve)", parents=[common])
+    e.add_argument("action", choices=["serve"])
+    e.add_argument("--replicas", type=int, default=2)
+    e.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to let other machines' editors in")
+    e.add_argument("--port", type=int, default=8000)
+    e.add_argument("--model", help="HF model directory or .gguf file (default: SmolLM2-135M)")
+    e.add_argument("--threads", type=int, default=0, help="torch threads per replica (default: cores / replicas)")
+    e.add_argument("--cache-budget-mb", type=int, default=0, help="KV cache budget per replica (default 4096)")
+    e.add_argument("--no-monitors", action="store_true")
+    e.add_argument("--address", help="join this Ray cluster instead of starting one here")
+    e.add_argument("--token-file", help="read the token from this file (else DRAFTLINE_ENGINE_TOKEN)")
+    e.set_defaults(fn=cmd_engine)
 
     c = sub.add_parser("complete", help="print drafts for FILE:LINE:COL (1-based), headless", parents=[common])
     c.add_argument("target")

@@ -14,7 +14,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-TRUSTED_ONLY = {"model", "dtype", "quantize"}
+# the team engine too: a workspace must not send its documents to another address
+TRUSTED_ONLY = {"model", "dtype", "quantize", "engine", "engine_token", "engine_user"}
 
 
 @dataclass
@@ -49,6 +50,11 @@ class Settings:
     project_context: bool = False  # a header of related code from the project before the file (completion.context)
     monitors: MonitorSettings = field(default_factory=MonitorSettings)
     log_level: str = "INFO"
+    # a team engine (`draftline engine serve`, docs/team.md): its URL, e.g.
+    # http://box:8000/draftline; None = the model runs in this process (the default)
+    engine: str | None = None
+    engine_token: str | None = None  # the engine's token (else DRAFTLINE_ENGINE_TOKEN)
+    engine_user: str | None = None  # who the documents belong to on the engine (default user@host)
 
     def update(self, data: Any, trusted: bool) -> list[str]:
         """Apply a dict of settings (camelCase or snake_case); returns what was ignored."""

@@ -52,6 +52,10 @@ EngineFactory = Callable[[Settings, Callable[[str, int], None], list], Any]
 
 
 def default_engine_factory(settings: Settings, progress, roots: list):
+    if settings.engine:  # a team engine (`draftline engine serve`): the model side is remote
+        from .remote import RemoteEngine
+
+        return RemoteEngine(settings, progress, roots)
     from draftline.completion.build import build_engine
 
     return build_engine(settings, progress, roots)
@@ -428,7 +432,8 @@ def build_server(settings: Settings | None = None, engine_factory: EngineFactory
     @ls.feature("draftline/status")
     def status(ls: DraftlineServer, params: Any = None) -> dict:
         out: dict[str, Any] = {"version": VERSION, "model_error": ls.model_error,
-                               "settings": asdict(ls.settings), "counters": dict(ls.counters),
+                               "settings": {**asdict(ls.settings), "engine_token": "***" if ls.settings.engine_token else None},
+                               "counters": dict(ls.counters),
                                "documents": len(ls.docs.docs), "pid": os.getpid(),
                                "gc_frozen": gc.get_freeze_count()}
         eng = ls.engine
