@@ -29,6 +29,7 @@ from .prompt import Prompt, build_prompt, heal_index, window_start
 from .stops import logical_line_ends, make_stop
 from .tokens import TokenizedText
 from .window import affordable
+from .wire import common_affixes  # (the text diff the team wire uses too)
 
 log = logging.getLogger(__name__)
 
@@ -135,27 +136,6 @@ class Result:
         return {"drafts": [asdict(d) for d in self.drafts], "timings_ms": self.timings, "tokens": self.tokens}
 
 
-def _common_affixes(a: str, b: str) -> tuple[int, int]:
-    """Lengths of the common prefix and suffix (non-overlapping), in C-speed slices."""
-    lim = min(len(a), len(b))
-    lo, hi = 0, lim
-    while lo < hi:  # binary search on slice equality: O(n log n) in C, not a Python loop
-        mid = (lo + hi + 1) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid - 1
-    p = lo
-    lo, hi = 0, lim - p
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if a[len(a) - mid :] == b[len(b) - mid :]:
-            lo = mid
-        else:
-            hi = mid - 1
-    return p, lo
-
-
 class Engine:
     def __init__(self, lm: LoadedModel, config: EngineConfig | None = None):
         self.lm = lm
@@ -214,7 +194,7 @@ class Engine:
             self.retokenized_chars += len(text)
             return tt
         if tt.text != text:
-            p, s = _common_affixes(tt.text, text)
+            p, s = common_affixes(tt.text, text)
             self.retokenized_chars += tt.edit(self.tok, p, len(tt.text) - s, text[p : len(text) - s])
         return tt
 
