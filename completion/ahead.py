@@ -57,6 +57,7 @@ class Entry:
     raw: tuple[tuple[int, ...], ...] = ()
     natural: tuple[bool, ...] = ()
     prompt_len: int = 0  # tokens of the request's prompt
+    exact: bool = True  # decoded on a cache without stale tokens (see Engine.reanswer)
 
 
 @dataclass

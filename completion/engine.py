@@ -423,12 +423,17 @@ class Engine:
         sync, because its kept answer came from the open's 640-token window and a prompt
         that much longer changes the answer (`PROMPT_DRIFT`).  The drafts a typed-ahead
         lookup serves come from the full window too.  None: nothing to do (no answer at
-        this place, the window not grown yet, or the kept answer already from about it)."""
+        this place, the window not grown yet, or the kept answer already from about it).
+        Also once the exact refresh has run, for an answer decoded on the stale cache the
+        growth leaves: the demo's re-answer said `list` there, `str` after the refresh, and
+        the next edit's re-verification rejected it."""
         if not self.config.ahead or doc not in self.texts:
             return None
         pr = self.prompt_for(doc, text, cursor)
         e = self.ahead.at_place(doc, pr.prefix, pr.suffix, pr.heal)
-        if e is None or abs(e.prompt_len - len(pr.tokens)) <= PROMPT_DRIFT:
+        cache = self.caches.caches.get(doc)
+        refreshed = e is not None and not e.exact and cache is not None and cache.stale == 0
+        if e is None or (abs(e.prompt_len - len(pr.tokens)) <= PROMPT_DRIFT and not refreshed):
             return None
         if self.prompt_for(doc, text, cursor, cap=GROW_SLACK).window_start > pr.window_start:
             return None  # the cache does not hold this window (yet): `prepare` grows it first
@@ -437,6 +442,7 @@ class Engine:
     def _keep_ahead(self, doc: str, pr: Prompt, outs: list[DraftOut], raws: list[Draft], trim) -> bool:
         entry = Entry(pr.prefix, pr.suffix, tuple(o.text for o in outs), tuple(o.replace for o in outs),
                       heal=pr.heal, raw=tuple(tuple(d.tokens) for d in raws), prompt_len=len(pr.tokens),
+                      exact=self.caches.caches[doc].stale == 0,
                       # ended by a rule (its stop rule, a stop token, the budget at a line end),
                       # not where a loop or max_tokens or the hard deadline stopped it
                       natural=tuple(d.done and not d.looped and (not d.open_end or d.cut is not None)

@@ -171,7 +171,7 @@ class CachePolicy:
         job.future.add_done_callback(_quiet)
         self.prefetched[uri] = (version, cursor, job.future)
 
-    def reanswer(self, uri: str) -> None:
+    def reanswer(self, uri: str, refreshed: bool = False) -> None:
         """The active document's window is whole again: if its last request was answered
         from a shorter one, answer that place again from the full window (`Engine.reanswer`:
         the next request there after an edit elsewhere is re-verified, not decoded), then
@@ -179,11 +179,13 @@ class CachePolicy:
         Any edit the drafts did not predict cancels it (`ahead`)."""
         ls = self.ls
         eng, doc = ls.engine, ls.docs.docs.get(uri)
-        if uri not in self._short or eng is None or doc is None or not ls.settings.ahead:
+        if (uri not in self._short and not refreshed) or eng is None or doc is None or not ls.settings.ahead:
             return
-        self._short.discard(uri)
+        if not refreshed:
+            self._short.discard(uri)
         if uri != ls.active or doc.request_cursor is None:
-            self._continue(uri)
+            if not refreshed:
+                self._continue(uri)
             return
         text, cursor, context = doc.text, doc.request_cursor, ls.context_of(doc)
         job = ls.scheduler.submit(uri, "ahead", lambda c: eng.reanswer(uri, text, cursor, c, context),
@@ -196,7 +198,7 @@ class CachePolicy:
             if res is not None:
                 ls.counters["reanswered"] = ls.counters.get("reanswered", 0) + 1
                 log.debug("re-answered %s from %d tokens in %.0f ms", uri, res.tokens["prompt"], res.timings["total"])
-            if res is None or res.ahead_pending:
+            if (res is None and not refreshed) or (res is not None and res.ahead_pending):
                 self._continue(uri)
 
         job.future.add_done_callback(done)
@@ -264,7 +266,13 @@ class CachePolicy:
         if eng is None or uri not in ls.docs:
             return
         job = ls.scheduler.submit(uri, "refresh", lambda c: eng.refresh(uri, c), supersede=("refresh",))
-        job.future.add_done_callback(_quiet)
+
+        def done(f: asyncio.Future) -> None:
+            _quiet(f)
+            if not f.cancelled() and f.exception() is None and f.result():
+                self.reanswer(uri, refreshed=True)  # an answer from the stale cache, checked again
+
+        job.future.add_done_callback(done)
 
 
 def _quiet(f: asyncio.Future) -> None:

@@ -228,3 +228,19 @@ def test_an_answer_its_deadline_cut_after_one_line_is_reverified_with_time_left(
     got = eng.complete("file:///d.py", edited, len(edited), trim=trim)
     assert got.tokens["reused"], got.tokens
     assert got.drafts[0].text == first.drafts[0].text
+
+
+def test_an_answer_from_the_stale_cache_is_answered_again_after_the_exact_refresh(tiny):
+    """The growth leaves stale keys (the front encoded last); an answer decoded on them is
+    answered again once the exact refresh has run, once."""
+    eng = engine(tiny, k=1, max_tokens=2, request_cap=96, backfill_step=64)
+    src = stdlib_source("textwrap.py")[:6000]
+    eng.complete("file:///s.py", src, len(src))  # a short window
+    while eng.prepare("file:///s.py", src, len(src)).more:
+        pass
+    assert eng.cache_of("file:///s.py").stale > 0
+    assert eng.reanswer("file:///s.py", src, len(src)) is not None  # the whole window, still stale
+    assert eng.reanswer("file:///s.py", src, len(src)) is None
+    assert eng.refresh("file:///s.py") > 0 and eng.cache_of("file:///s.py").stale == 0
+    assert eng.reanswer("file:///s.py", src, len(src)) is not None  # exact now: answered again
+    assert eng.reanswer("file:///s.py", src, len(src)) is None  # once

@@ -121,6 +121,9 @@ class FakeEngine:
         self.texts[doc] = text
         return None
 
+    def reanswer(self, doc: str, text: str, cursor: int, cancel=None, context=None) -> None:
+        return None  # nothing kept to answer again (the policy then does nothing more)
+
     def refresh(self, doc: str, cancel: threading.Event | None = None) -> int:
         self.calls.append(("refresh", doc))
         return 0
