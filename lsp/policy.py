@@ -26,7 +26,6 @@ import logging
 from typing import Any
 
 from .documents import MAX_DOCUMENT_CHARS
-from .scheduler import BACKGROUND
 
 log = logging.getLogger(__name__)
 

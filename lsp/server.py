@@ -33,9 +33,9 @@ from draftline.completion.kvcache import Cancelled
 from .config import Settings
 from .documents import MAX_DOCUMENT_CHARS, DocumentError, Documents
 from .memory import MallocTrimmer, malloc_trim, malloc_tuned
-from .policy import BACKGROUND, CachePolicy, _quiet
+from .policy import CachePolicy, _quiet
 from .protocol import DraftlineProtocol
-from .scheduler import Scheduler
+from .scheduler import BACKGROUND, Scheduler
 
 log = logging.getLogger(__name__)
 

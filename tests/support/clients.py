@@ -39,6 +39,15 @@ def exactly_once(sent: list, responses: dict[Any, list], strict: bool = True) ->
     return problems
 
 
+def keep(msg: dict, notifications: list[dict], responses: dict[Any, list[dict]]) -> None:
+    """File a message from the server that is not a request: a notification, or a response
+    under its id (every response kept, so a duplicate shows)."""
+    if "method" in msg:
+        notifications.append(msg)
+    else:
+        responses.setdefault(msg.get("id"), []).append(msg)
+
+
 class RawServer:
     """The server as a subprocess, spoken to in bytes. Every frame on its stdout is checked
     strictly (P9): anything that is not `Content-Length: N\\r\\n[Content-Type...]\\r\\n\\r\\n`
@@ -120,10 +129,7 @@ class RawServer:
             self.send({"jsonrpc": "2.0", "id": msg["id"], "result": None})
             return
         with self.cond:
-            if "method" in msg:
-                self.notifications.append(msg)
-            else:
-                self.responses.setdefault(msg.get("id"), []).append(msg)
+            keep(msg, self.notifications, self.responses)
             self.cond.notify_all()
 
     # -- writing ---------------------------------------------------------------------------
@@ -334,10 +340,8 @@ class InProc:
             from draftline.lsp.framing import Frame
 
             self.dispatcher.feed(Frame(message={"jsonrpc": "2.0", "id": msg["id"], "result": None}))
-        elif "method" in msg:
-            self.notifications.append(msg)
         else:
-            self.responses.setdefault(msg.get("id"), []).append(msg)
+            keep(msg, self.notifications, self.responses)
         self._changed.set()
 
     def send(self, msg: dict) -> None:
