@@ -484,10 +484,46 @@ def adds_parse_errors(language: str | None, prefix: str, draft: str, suffix: str
     """Whether inserting ``draft`` at the cursor gives the surrounding code more parse errors
     than it has without it (the engine drops such drafts).  A block opened at the draft's
     end counts as closed, and with ``open_ok`` brackets too (see `_close_open_block`)."""
-    draft = _close_open_block(language, prefix, draft, open_ok)
+    check = _parse_checker(language, prefix, suffix)
+    return check is not None and check(_close_open_block(language, prefix, draft, open_ok))
+
+
+def _parse_checker(language: str | None, prefix: str, suffix: str):
+    """draft -> whether it adds parse errors where it goes (None: the code around the cursor
+    does not parse as this language at all)."""
     pre, suf = _window(prefix, suffix, python=(language_for(language) or language) == "python")
     without = parse_error_count(language, pre + suf)
     if without is None:
-        return False
-    with_draft = parse_error_count(language, pre + draft + suf)
-    return bool(with_draft is not None and with_draft > without)
+        return None
+
+    def check(draft: str) -> bool:
+        with_draft = parse_error_count(language, pre + draft + suf)
+        return bool(with_draft is not None and with_draft > without)
+
+    return check
+
+
+_PIECE = re.compile(r"[A-Za-z_0-9]+|\s+|.", re.S)
+#: cut points tried, from the end (each a parse of ~300 lines, ~1-2 ms)
+UNFINISHED_TRIES = 12
+
+
+def unfinished_cut(language: str | None, prefix: str, draft: str, suffix: str) -> str | None:
+    """A statement the request's hard deadline stopped mid-way, cut back to its longest
+    prefix (at a word or punctuation boundary) that adds no parse errors once the brackets
+    it opened are closed: ``x = f(a, b`` stays whole, ``get_hint(self.`` loses its dot, and
+    ``if not isinstance(`` goes (no cut of it parses without its ``:``).  The replay counted
+    such unfinished first lines as its only junk (2026-12-05: one in 16 after_indent
+    answers, two in the run without guessing).  None: no cut is worth showing."""
+    d = draft.rstrip()
+    check = _parse_checker(language, prefix, suffix)
+    if check is None:
+        return d or None
+    ends = [m.end() for m in _PIECE.finditer(d) if not m.group().isspace()]
+    for e in reversed(ends[-UNFINISHED_TRIES:]):
+        cand = d[:e]
+        if not cand.strip():
+            break
+        if not check(_close_open_block(language, prefix, cand, open_ok=True)):
+            return cand
+    return None

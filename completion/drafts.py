@@ -103,6 +103,7 @@ class DecodeStats:
     tokens: int = 0  # tokens generated over all drafts
     ms: float = 0.0
     first_ms: float = 0.0
+    guessed: int = 0  # steps whose distribution came with an earlier forward (completion.lookup)
 
 
 @dataclass
@@ -128,6 +129,10 @@ class DecodeSpec:
     # as if the deadline had passed, for the stop only: a draft ends at its first complete
     # line (`ahead.reverify`: a kept answer stopped there by its own request's deadline)
     first_line: bool = False
+    # superposed: tokens the greedy draft's next steps are guessed ahead per forward
+    # (completion.lookup; 0 = none), and the drafts kept for this place to guess from
+    guess: int = 0
+    hints: tuple = ()
 
 
 #: how long an analysis may take, from its start, before the mask of a draft other than the

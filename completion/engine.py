@@ -62,6 +62,8 @@ class EngineConfig:
     # stops where it is (a slow sync does not eat this time: it counts from the decode's
     # start).  1000 ms let long statements (a docstring, a literal) push p90 past 1 s.
     first_line_ms: int = 600
+    # the greedy draft's next tokens guessed per forward (completion.lookup), 0 = off
+    speculate: int = 6
     backfill_step: int = 192  # tokens per idle-time step that grows a short window back (~0.1 s)
     ahead: bool = True  # keep answers and continue them in idle time (completion.ahead)
     # context from the rest of the project before the file's text (completion.context);
@@ -359,11 +361,12 @@ class Engine:
             # a first line longer than this stops where it is (a slow sync does not eat it)
             hard_deadline=max(deadline + 2 * budget, time.perf_counter() + cfg.first_line_ms / 1000)
             if deadline else None,
+            guess=cfg.speculate,
         )
         cache = self.caches.get(doc)
         drafts = None
         reverify_ms = 0.0
-        prev = self.ahead.previous(doc, pr.prefix, pr.suffix, pr.heal, len(pr.tokens)) if cfg.ahead else None
+        prev = self.ahead.previous(doc, pr.prefix, pr.suffix, pr.heal) if cfg.ahead else None
         if prev is not None:  # this place was answered before an edit elsewhere: check, don't decode
             ds = DecodeStats()
             t_r = time.perf_counter()
@@ -371,6 +374,9 @@ class Engine:
             ds.ms = reverify_ms = (time.perf_counter() - t_r) * 1000
         reused = drafts is not None
         if drafts is None:
+            place = self.ahead.at_place(doc, pr.prefix, pr.suffix, pr.heal) if cfg.ahead else None
+            if place is not None and spec.guess:  # its first tokens mostly still hold: guesses
+                spec = dataclasses.replace(spec, hints=place.raw)
             drafts, ds = decode(cache, pr.tokens, self.tok, spec, first_logits=st.tail_logits)
         st.tail_logits = None  # (SyncStats is kept in the Result: not the logits)
         t_fin = time.perf_counter()
@@ -394,7 +400,7 @@ class Engine:
         return Result(
             drafts=outs,
             timings=timings,
-            tokens={"prompt": len(pr.tokens), "generated": ds.tokens, "steps": ds.steps,
+            tokens={"prompt": len(pr.tokens), "generated": ds.tokens, "steps": ds.steps, "guessed": ds.guessed,
                     "computed": st.computed, "stale": cache.stale, "sync_mode": st.mode,
                     "window": "short" if short else "full", "reused": reused},
             sync=st,
@@ -520,6 +526,11 @@ class Engine:
                 if text is None:
                     continue
                 partial = not logical_line_ends(text.rstrip() + "\n")  # an unfinished statement
+                cut = getattr(trim, "unfinished", None) if partial else None
+                if cut is not None:  # only as far as it parses (`if not isinstance(` goes)
+                    text = cut(pr.prefix, text, pr.suffix)
+                    if text is None:
+                        continue
             text = cut_loop(text.rstrip())
             if text is None:
                 continue

@@ -90,7 +90,7 @@ def make_trim(language_id: str):
     """Syntax-aware trimming of drafts (analysis.trim): `(prefix, draft, suffix) ->
     (text, replaced suffix chars, adds no parse errors)` or None for an empty draft."""
     try:
-        from draftline.analysis.trim import adds_parse_errors, trim_draft
+        from draftline.analysis.trim import adds_parse_errors, trim_draft, unfinished_cut
     except ImportError:
         return None
 
@@ -102,4 +102,6 @@ def make_trim(language_id: str):
         ok = not adds_parse_errors(language_id, prefix, r.text, suffix[r.replace:])
         return r.text, r.replace, ok
 
+    # a statement stopped mid-way by the hard deadline: its longest prefix that parses
+    trim.unfinished = lambda prefix, draft, suffix: unfinished_cut(language_id, prefix, draft, suffix)
     return trim

@@ -44,6 +44,7 @@ import torch
 from .drafts import (DecodeSpec, DecodeStats, Draft, apply_mask, check_cancel, extend, mask_for,
                      prefetch, text_key, tree_mask)
 from .kvcache import DocCache
+from .lookup import Guesser
 from .tokens import Tokenizer
 
 CANDIDATES_PER_DRAFT = 3  # x k: tokens each draft takes from the shared distribution
@@ -74,7 +75,7 @@ def superposed(cache: DocCache, n: int, logits: torch.Tensor, tok: Tokenizer, sp
     alpha = float(spec.alpha) if ng is not None else 0.0
     tail = list(prompt[-CTX:]) if prompt is not None else list(cache.tokens[-CTX:])
     net = cache.net
-    cache.reserve(n + spec.max_tokens + 1)
+    cache.reserve(n + spec.max_tokens + max(0, spec.guess) + 1)
     ncand = CANDIDATES_PER_DRAFT * k
     log_floor = math.log(NGRAM_FLOOR)
 
@@ -128,6 +129,8 @@ def superposed(cache: DocCache, n: int, logits: torch.Tensor, tok: Tokenizer, sp
     alive = [x for x in alive if not x.d.done]
     step = 0
     exit_at = None
+    guesser = Guesser(prompt or cache.tokens, spec.hints, spec.guess) if spec.guess > 0 else None
+    queued: list[tuple[int, torch.Tensor]] = []  # (a guessed anchor token, the distribution after it)
     while alive:
         check_cancel(spec)
         if EXIT_SLACK > 0 and exit_at is None and any(x.anchor for x in finished):
@@ -140,17 +143,27 @@ def superposed(cache: DocCache, n: int, logits: torch.Tensor, tok: Tokenizer, sp
         if PREFETCH:
             prefetch(spec, [x.d.text for x in alive])  # jedi works while the model runs
         slot = n + step
-        if alive[0].anchor:  # the anchor's own token: draft 1 is the greedy draft
-            xin = torch.tensor([alive[0].d.tokens[-1]])
+        if queued and alive[0].anchor and alive[0].d.tokens[-1] == queued[0][0]:
+            # the last forward guessed this anchor token right: its distribution is exact,
+            # and its K/V already sit in this slot
+            z = queued.pop(0)[1]
+            st.guessed += 1
+        elif alive[0].anchor:  # the anchor's own token: draft 1 is the greedy draft
+            guess = guesser.guess(alive[0].d.tokens) if guesser is not None else []
+            ids = [alive[0].d.tokens[-1]] + guess
+            out = net.forward(torch.tensor(ids), torch.arange(slot, slot + len(ids)), cache.k, cache.v, slot,
+                              logits_rows=slice(None))
+            z, queued = out[0], list(zip(guess, out[1:]))
+            st.steps += 1
         else:  # the anchor is done: the rest mixed by their scores
             w = torch.softmax(torch.tensor([x.score for x in alive]), 0)
             e = net.embed_tokens(torch.tensor([x.d.tokens[-1] for x in alive]))
             xin = (e * w.to(e.dtype)[:, None]).sum(0, keepdim=True)
-        z = net.forward(xin, torch.tensor([slot]), cache.k, cache.v, slot)[0]
+            z = net.forward(xin, torch.tensor([slot]), cache.k, cache.v, slot)[0]
+            st.steps += 1
         if alive[0].anchor and len(zs) == step:
             zs.append(z)
         step += 1
-        st.steps += 1
         taken = {text_key(x.d) for x in finished}
         new = expand(alive, z, k - len(finished), taken)
         finished += [x for x in new if x.d.done]

@@ -32,7 +32,7 @@ MAX_BODY_BYTES = 16 * 2**20
 #: what a request may set of the engine's config for itself (the edge's user settings);
 #: everything else (cache budget, context size) is the replica's
 REQUEST_CONFIG = {"k": int, "max_tokens": int, "method": str, "latency_budget_ms": int,
-                  "ahead": bool, "monitors": bool, "stale_limit": int, "pie": bool}
+                  "ahead": bool, "monitors": bool, "stale_limit": int, "pie": bool, "speculate": int}
 METHODS = ("superposed", "batched", "beam")
 
 
@@ -105,4 +105,6 @@ def request_config(raw: object) -> dict:
         out["k"] = max(1, min(out["k"], 8))
     if "max_tokens" in out:
         out["max_tokens"] = max(1, min(out["max_tokens"], 512))
+    if "speculate" in out:
+        out["speculate"] = min(out["speculate"], 16)
     return out

@@ -46,6 +46,9 @@ class Settings:
     # ms from a request's arrival to its answer: past it drafts end at their next line end
     # (the first line comes whole) and analyses stop waiting (0 = no budget)
     latency_budget_ms: int = 300
+    # the greedy draft's next tokens guessed per forward and checked by it (0 = off;
+    # completion.lookup: bench/speculate.py)
+    speculate: int = 6
     ahead: bool = True  # answer typed-ahead characters from the last drafts; continue them when idle
     project_context: bool = False  # a header of related code from the project before the file (completion.context)
     monitors: MonitorSettings = field(default_factory=MonitorSettings)
@@ -99,6 +102,7 @@ class Settings:
             setattr(self, name, value)
         self.drafts = max(1, min(self.drafts, 8))
         self.max_tokens = max(1, min(self.max_tokens, 512))
+        self.speculate = min(self.speculate, 16)
         return ignored
 
     def _monitors(self, value: Any) -> None:

@@ -295,7 +295,8 @@ class RemoteEngine:
     def _request_config(self) -> dict:
         c = self.config
         return {"k": c.k, "max_tokens": c.max_tokens, "method": c.method, "latency_budget_ms": c.latency_budget_ms,
-                "ahead": c.ahead, "monitors": c.monitors, "stale_limit": c.stale_limit, "pie": c.pie}
+                "ahead": c.ahead, "monitors": c.monitors, "stale_limit": c.stale_limit, "pie": c.pie,
+                "speculate": c.speculate}
 
     # -- the engine surface -------------------------------------------------------------------
     def complete(self, doc: str, text: str, cursor: int, *, k: int | None = None, cancel=None,

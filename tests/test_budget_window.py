@@ -92,6 +92,36 @@ def test_past_the_deadline_drafts_end_after_their_first_logical_line(default_mod
     assert got.tokens["generated"] < free.tokens["generated"] or "\n" not in anchor_free
 
 
+@pytest.mark.real_model
+def test_a_statement_stopped_mid_way_is_shown_only_as_far_as_it_parses(default_model):
+    """A first line stopped before its end (the hard deadline; here `max_tokens`, which takes
+    the same path without a clock) is cut back to where it parses with its brackets closed:
+    `if not isinstance(` was the replay's only junk."""
+    from draftline.analysis.trim import adds_parse_errors
+    from draftline.completion.guides import make_trim
+
+    src = stdlib_source("textwrap.py")
+    lines = src.split("\n")
+    cursors = [sum(len(x) + 1 for x in lines[:i]) + len(ln) - len(ln.lstrip())
+               for i, ln in enumerate(lines) if i > 150 and len(ln.strip()) > 30 and ln.startswith("        ")
+               and ln.lstrip().startswith(("if ", "while ", "for ", "elif "))][:10]
+    trim = make_trim("python")
+    plain = lambda p, d, s: trim(p, d, s)  # noqa: E731  (the same trim without the cut)
+    eng = engine(default_model, k=1, max_tokens=8, latency_budget_ms=0, ahead=False)
+    shown, cut_some = 0, False
+    for c in cursors:
+        text = src[:c] + src[src.index("\n", c):]
+        got = eng.complete("file:///u.py", text, c, trim=trim).drafts
+        raw = eng.complete("file:///u.py", text, c, trim=plain).drafts
+        for d in got:
+            assert not adds_parse_errors("python", text[:c], d.text, text[c:], open_ok=True), d.text
+        shown += bool(got)
+        if raw and adds_parse_errors("python", text[:c], raw[0].text, text[c:], open_ok=True):
+            cut_some = True
+            assert not got or (raw[0].text.startswith(got[0].text) and got[0].text != raw[0].text)
+    assert cut_some and shown >= 3, (cut_some, shown)
+
+
 # -- ahead of the user -----------------------------------------------------------------------------
 @pytest.mark.real_model
 def test_typed_ahead_characters_are_answered_from_the_drafts_and_continued_when_idle(default_model):
@@ -157,8 +187,8 @@ def test_a_short_window_answer_is_answered_again_once_the_window_grew_back(defau
     """A cold open is answered from a short window; once idle time has grown the window back,
     `reanswer` answers that place again from the whole window (once), and an edit far above
     the cursor is then answered by re-verifying that answer instead of decoding: what decoding
-    would say, in one tree forward.  Without the re-answer the kept answer's prompt is too
-    short to be re-verified, and the same edit is decoded."""
+    would say, in one tree forward.  Without the re-answer the short window's answer is
+    checked instead, and holds only where the whole window did not change it."""
     from draftline.completion.guides import make_trim
 
     text, edits = _textwrap_and_far_edits()
@@ -184,7 +214,7 @@ def test_a_short_window_answer_is_answered_again_once_the_window_grew_back(defau
         for again, got in outs.items():
             reused[again] += got.tokens["reused"]
         assert outs[True].drafts[0].text == outs[False].drafts[0].text  # checked, or decoded: the same
-    assert reused[False] == 0 and reused[True] >= 1, reused  # where the edit changed the answer, it is decoded
+    assert reused[True] >= max(1, reused[False]), reused  # where the edit changed the answer, it is decoded
 
 
 def test_no_reanswer_where_nothing_was_asked_or_the_window_is_short(tiny):
