@@ -55,9 +55,12 @@ class EngineConfig:
     # stops.  0 = no budget.  See bench/replay.py for what it buys.
     latency_budget_ms: int = 300
     # tokens a request may run through the model to sync its cache (a cold or far-moved
-    # window is shortened to afford it, and grown back in idle time by `prepare`): 640
-    # tokens sync in ~0.45 s here, so a first answer comes in ~0.8 s (2026-12-05)
-    request_cap: int = 640
+    # window is shortened to afford it, and grown back in idle time by `prepare`).  832 vs
+    # 640, side by side (replay dev split, 2026-12-05 05:12): first answer after opening
+    # p50 1296 vs 1036 ms but edit similarity 0.56 vs 0.50 (0.60 vs 0.54 with the rest of
+    # the file after the cursor), and an edit far above 1 s later 228 vs 354 ms: less to
+    # grow back, so the place is answered again from the whole window before the edit
+    request_cap: int = 832
     # the longest a request decodes a first line for (~30 tokens here); past it the line
     # stops where it is (a slow sync does not eat this time: it counts from the decode's
     # start).  1000 ms let long statements (a docstring, a literal) push p90 past 1 s.

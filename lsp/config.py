@@ -46,6 +46,9 @@ class Settings:
     # ms from a request's arrival to its answer: past it drafts end at their next line end
     # (the first line comes whole) and analyses stop waiting (0 = no budget)
     latency_budget_ms: int = 300
+    # tokens a request may encode for a cold or far-moved cursor (the rest of the window
+    # is grown back in idle time): the first answer after opening waits for them
+    request_cap: int = 832  # (completion.engine.EngineConfig: why 832)
     # the greedy draft's next tokens guessed per forward and checked by it (0 = off;
     # completion.lookup: bench/speculate.py)
     speculate: int = 6

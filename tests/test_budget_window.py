@@ -245,7 +245,8 @@ def test_an_answer_its_deadline_cut_after_one_line_is_reverified_with_time_left(
     at = text.index("class TextWrapper:")
     edited = text[:at] + "\n" + text[at:]
     trim = make_trim("python")
-    eng = engine(default_model, latency_budget_ms=1)  # the deadline passes at once
+    # the deadline passes at once (and the window these figures came from: 640 tokens)
+    eng = engine(default_model, latency_budget_ms=1, request_cap=640)
     first = eng.complete("file:///d.py", text, len(text), trim=trim)
     e = eng.ahead._by_doc["file:///d.py"][0]
     assert first.drafts and e.natural[0]
