@@ -25,6 +25,11 @@ softmax of their scores.  (The switches of those experiments - partial anchoring
 temperatures, the reset to exact decoding after m steps - are gone: no setting reached
 them and the default beat them.)
 
+Guessed tokens (`spec.guess`, completion/lookup.py): while the anchor runs, its step's row
+comes with up to `guess` guessed next tokens in the same forward (causal rows after it);
+each guess the anchor's own argmax then confirms gives the next step's distribution without
+a forward.  The steps, the mix and the drafts are the same; only the forwards are fewer.
+
 Stops and early exit: per draft, the stop rule (`spec.stop`: end of line / statement /
 block) or a stop token ends it; a finished draft keeps its slot and leaves the mix. Once the
 anchor (without anchor: the best-scoring draft) is finished at step s, the others get
