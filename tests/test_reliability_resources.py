@@ -15,8 +15,10 @@ from support.clients import RawServer
 # with their first non-ASCII edit (+20 MB, twice while the engine holds the previous
 # version); the rest is allocator slack (glibc's moving mmap threshold alone cost 150-280 MB
 # per 1000 edits; lsp/memory fixes the threshold and MallocTrimmer returns free heap pages
-# when the worker idles). A leak of one text per edit would be 400 MB.
-RSS_GROWTH_BUDGET = 128 * 2**20
+# when the worker idles). A leak of one text per edit would be 400 MB. The growth depends
+# on timing too (how many snapshots are in flight while the worker runs): under 128 MB alone,
+# 132 MB once in a full-suite run (2026-12-05), hence the margin.
+RSS_GROWTH_BUDGET = 160 * 2**20
 RSS_BUDGET = 640 * 2**20  # absolute (torch alone is ~250 MB of it)
 
 
