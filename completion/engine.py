@@ -496,6 +496,10 @@ class Engine:
                         continue
                     nxt = got[0]
                 t = texts[i] + "\n" + nxt
+            cut = getattr(p.trim, "unfinished", None)
+            if cut is not None:  # stopped by its token limit: only as far as it parses (a
+                # docstring continued to `Suffel,\n       "`, one quote of its closing three)
+                t = cut(e.prefix, t, e.suffix) or ""
             t = _sanitize(t)
             if len(t) > len(texts[i]) and t.startswith(texts[i]):
                 texts[i], replace[i] = t, r

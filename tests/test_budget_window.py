@@ -217,6 +217,33 @@ def test_a_short_window_answer_is_answered_again_once_the_window_grew_back(defau
     assert reused[True] >= max(1, reused[False]), reused  # where the edit changed the answer, it is decoded
 
 
+def test_a_continuation_stopped_mid_way_is_kept_only_as_far_as_it_parses(tiny, monkeypatch):
+    """The idle-time continuation stops at its token limit wherever it is: one continued
+    docstring ended at one quote of its closing three (the replay's only junk, 2026-12-05
+    05:37, indent and typing kinds).  Its text is kept only as far as it parses."""
+    import draftline.completion.engine as E
+    from draftline.analysis.trim import adds_parse_errors
+    from draftline.completion.ahead import Entry, Pending
+    from draftline.completion.drafts import Draft
+    from draftline.completion.guides import make_trim
+
+    tok = tiny.tokenizer
+    prefix, suffix = "def hkn_harary_graph(k, n, create_using=None):\n    ", ""
+    shown = 'r"""Return the Harary graph.'
+    full = shown + '\n\n    References\n    ----------\n    .. [1] F. T. Boesch,\n       "'
+    eng = engine(tiny, k=1, max_tokens=2)
+    eng.complete("file:///h.py", prefix, len(prefix))  # (a cache for the document)
+    ids = tok.encode(shown)
+    entry = Entry(prefix, suffix, (shown,), (0,), raw=(tuple(ids),), natural=(False,))
+    eng.ahead.put("file:///h.py", entry, Pending(entry, [0], [Draft(tokens=ids, text=shown)], "",
+                                                 make_trim("python"), [True]))
+    monkeypatch.setattr(E, "continue_drafts", lambda *a: [Draft(tokens=tok.encode(full), text=full)])
+    assert eng.continue_ahead("file:///h.py") == 1
+    text = eng.ahead.entries("file:///h.py")[0].texts[0]
+    assert text.startswith(shown + "\n") and text.rstrip().endswith("Boesch,"), text
+    assert not adds_parse_errors("python", prefix, text, suffix, open_ok=True)
+
+
 def test_no_reanswer_where_nothing_was_asked_or_the_window_is_short(tiny):
     eng = engine(tiny, k=1, max_tokens=2, request_cap=96, backfill_step=64)
     src = stdlib_source("textwrap.py")[:6000]

@@ -107,3 +107,22 @@ def test_adds_parse_errors():
     assert adds_parse_errors("javascript", "function f() {\n  ", "return [1, 2;", "\n}\n")
     assert not adds_parse_errors("cobol", "", "anything", "")
     assert parse_error_count("python", "x = (") > 0 and parse_error_count("python", "x = 1") == 0
+
+
+def test_an_unfinished_statement_is_cut_back_to_where_it_parses():
+    """What the hard deadline or a continuation's token limit leaves (the replay's junk,
+    2026-12-05): cut back to the longest prefix that parses once its brackets and strings
+    are closed."""
+    from draftline.analysis.trim import unfinished_cut
+
+    pre = "def f(name, x):\n    for a in x:\n        "
+    suf = "\n        return a\n"
+    assert unfinished_cut("python", pre, "x = foo(a, b", suf) == "x = foo(a, b"
+    assert unfinished_cut("python", pre, "y = self.get(self.", suf) == "y = self.get(self"
+    assert unfinished_cut("python", pre, "return a +", suf) == "return a"
+    assert unfinished_cut("python", pre, "if not isinstance(", suf) is None
+    # a docstring continued to one quote of its closing three (networkx's harary_graph.py)
+    head = "def hkn_harary_graph(k, n, create_using=None):\n    "
+    doc = 'r"""Return the Harary graph.\n\n    References\n    ----------\n    .. [1] F. T. Boesch,\n       "'
+    got = unfinished_cut("python", head, doc, "")
+    assert got is not None and got.endswith("Boesch,") and doc.startswith(got)
