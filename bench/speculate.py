@@ -27,12 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from replay import SPLITS, indent_of, make_case, mid_cut, pick_files  # noqa: E402
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return round(xs[min(len(xs) - 1, int(q * len(xs)))], 1) if xs else 0.0
+from replay import SPLITS, indent_of, make_case, mid_cut, pct, pick_files  # noqa: E402
 
 
 def main() -> None:
@@ -96,7 +91,7 @@ def main() -> None:
         s = {}
         for w in widths:
             r = rec[mode][w]
-            s[w] = {"p50": pct(r["ms"], 0.5), "p90": pct(r["ms"], 0.9), "mean": round(statistics.mean(r["ms"]), 1),
+            s[w] = {"p50": round(pct(r["ms"], 0.5), 1), "p90": round(pct(r["ms"], 0.9), 1), "mean": round(statistics.mean(r["ms"]), 1),
                     "forwards": round(statistics.mean(r["forwards"]), 2), "guessed": round(statistics.mean(r["guessed"]), 2)}
         s["ratio_mean"] = round(s[0]["mean"] / max(1e-9, s[a.width]["mean"]), 2)
         s["ratio_p90"] = round(s[0]["p90"] / max(1e-9, s[a.width]["p90"]), 2)

@@ -59,6 +59,16 @@ class Entry:
     prompt_len: int = 0  # tokens of the request's prompt
     exact: bool = True  # decoded on a cache without stale tokens (see Engine.reanswer)
 
+    @property
+    def checkable(self) -> bool:
+        """Its anchor draft ended naturally: worth one `reverify` forward.  Whatever the
+        prompt's size: the check once also asked for a prompt within 128 tokens of the kept
+        one's (a window grown from 640 to 2k tokens had changed the answer in 14 of 16 replay
+        cases), but checking each anchor only up to its first line, the replay's edit_far
+        re-verified 8 of 16 kept answers without that bound vs 3 of 16 with it, p50 345 vs
+        464 ms (2026-12-05, dev split, the same hour), a failed check costing 50-110 ms."""
+        return bool(self.raw and self.natural and self.natural[0])
+
 
 @dataclass
 class Pending:
@@ -130,19 +140,6 @@ class AheadStore:
                 return out
         return None
 
-
-    def previous(self, doc: str, prefix: str, suffix: str, heal: str) -> Entry | None:
-        """The newest kept answer for the same place in the document (`at_place`) with its
-        anchor draft ended naturally: worth one `reverify` forward.  Whatever the prompt's
-        size: the check once also asked for a prompt within 128 tokens of the kept one's (a
-        window grown from 640 to 2k tokens had changed the answer in 14 of 16 replay
-        cases), but checking each anchor only up to its first line, the replay's edit_far
-        re-verified 8 of 16 kept answers without that bound vs 3 of 16 with it, p50 345 vs
-        464 ms (2026-12-05, dev split, the same hour), a failed check costing 50-110 ms."""
-        e = self.at_place(doc, prefix, suffix, heal)
-        if e is not None and e.raw and e.natural and e.natural[0]:
-            return e
-        return None
 
     def at_place(self, doc: str, prefix: str, suffix: str, heal: str) -> Entry | None:
         """The newest kept answer for the same place: the same LOCAL characters before and

@@ -369,7 +369,8 @@ class Engine:
         cache = self.caches.get(doc)
         drafts = None
         reverify_ms = 0.0
-        prev = self.ahead.previous(doc, pr.prefix, pr.suffix, pr.heal) if cfg.ahead else None
+        place = self.ahead.at_place(doc, pr.prefix, pr.suffix, pr.heal) if cfg.ahead else None
+        prev = place if place is not None and place.checkable else None
         if prev is not None:  # this place was answered before an edit elsewhere: check, don't decode
             ds = DecodeStats()
             t_r = time.perf_counter()
@@ -377,7 +378,6 @@ class Engine:
             ds.ms = reverify_ms = (time.perf_counter() - t_r) * 1000
         reused = drafts is not None
         if drafts is None:
-            place = self.ahead.at_place(doc, pr.prefix, pr.suffix, pr.heal) if cfg.ahead else None
             if place is not None and spec.guess:  # its first tokens mostly still hold: guesses
                 spec = dataclasses.replace(spec, hints=place.raw)
             drafts, ds = decode(cache, pr.tokens, self.tok, spec, first_logits=st.tail_logits)

@@ -36,7 +36,6 @@ class Guesser:
         self.hints = [list(h) for h in hints if h]
         self.width = width
         self._index: dict[int, dict[tuple[int, ...], int]] | None = None
-        self.proposed = 0  # tokens guessed (for the stats: accepted ones are steps saved)
 
     def _build(self) -> dict[int, dict[tuple[int, ...], int]]:
         """n-gram -> where what followed its most recent occurrence starts (built on first use:
@@ -55,9 +54,7 @@ class Guesser:
         s = len(drafted)
         for h in self.hints:
             if len(h) > s and h[:s] == list(drafted):
-                out = h[s:s + self.width]
-                self.proposed += len(out)
-                return out
+                return h[s:s + self.width]
         if self._index is None:
             self._index = self._build()
         seq = self.prompt[-max(ORDERS):] + list(drafted)
@@ -66,7 +63,5 @@ class Guesser:
                 continue
             at = self._index[n].get(tuple(seq[-n:]))
             if at is not None:
-                out = self.prompt[at:at + self.width]
-                self.proposed += len(out)
-                return out
+                return self.prompt[at:at + self.width]
         return []

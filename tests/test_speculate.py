@@ -29,7 +29,6 @@ def test_guesses_come_from_the_kept_drafts_first_then_the_prompt():
     # the longest match wins: after the draft `9 1 2`, the 3-gram's 7 8, not the most recent `1 2`'s 5 6
     assert Guesser([9, 1, 2, 7, 8, 4, 0, 3, 1, 2, 5, 6], width=2).guess([9, 1, 2]) == [7, 8]
     assert Guesser([0, 1, 2, 5, 6, 7], width=2).guess([3, 1, 2]) == [5, 6]  # the 2-gram then
-    assert g.proposed > 0
 
 
 def _ready(net, prompt):
