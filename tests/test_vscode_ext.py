@@ -177,6 +177,41 @@ def test_extension_reads_model_from_user_settings_only(built: Path, tmp_path: Pa
     assert only_workspace["settings"].get("model") is None
 
 
+def test_every_server_setting_the_extension_offers_reaches_the_server_by_its_name(built: Path, tmp_path: Path):
+    """Each `draftline.*` setting the manifest offers for the server goes into
+    initializationOptions under a name the server's Settings takes (none ignored)."""
+    from draftline.lsp.config import Settings
+
+    ext = _unpacked(built, tmp_path)
+    stub = ext / "node_modules" / "vscode"
+    stub.mkdir(parents=True)
+    (stub / "index.js").write_text(STUB_VSCODE_SETTINGS)
+    with zipfile.ZipFile(built) as z:
+        props = json.loads(z.read("extension/package.json"))["contributes"]["configuration"]["properties"]
+    client_side = {"draftline.serverPath", "draftline.languages"}
+    chosen = {}
+    for key, spec in props.items():
+        if key in client_side:
+            continue
+        d = spec.get("default")
+        chosen[key[len("draftline."):]] = {"globalValue": ("/user/m.gguf" if key == "draftline.model" else
+                                                           (not d) if isinstance(d, bool) else
+                                                           (d or 1) + 1 if isinstance(d, int) else d)}
+    r = _node("const e = require('./out/extension.js'); const s = require('./out/session.js'); "
+              "console.log(JSON.stringify(s.initializationOptions(e.readSettings())));", ext,
+              DRAFTLINE_STUB_SETTINGS=json.dumps(chosen))
+    assert r.returncode == 0, r.stderr
+    opts = json.loads(r.stdout.strip().splitlines()[-1])
+    flat = {k: v for k, v in opts.items() if not isinstance(v, dict)}
+    flat.update({"monitors." + k: v for k, v in opts.get("monitors", {}).items()})
+    assert set(flat) == set(chosen), set(chosen) ^ set(flat)  # every offered setting is passed on
+    settings = Settings()
+    assert settings.update(opts, trusted=True) == []
+    assert settings.latency_budget_ms == chosen["latencyBudgetMs"]["globalValue"]
+    assert settings.request_cap == chosen["requestCap"]["globalValue"]
+    assert settings.ahead is False and settings.monitors.enabled is False
+
+
 def test_session_module_runs_without_vscode(built: Path, tmp_path: Path):
     """The client code in session.js (what the smoke test drives under plain Node) needs no
     `vscode` module: it loads where none can be found."""

@@ -58,6 +58,10 @@ export function readSettings(): DraftlineSettings {
         drafts: c.get<number>('drafts'),
         maxTokens: c.get<number>('maxTokens'),
         debounceMs: c.get<number>('debounceMs'),
+        latencyBudgetMs: c.get<number>('latencyBudgetMs'),
+        requestCap: c.get<number>('requestCap'),
+        speculate: c.get<number>('speculate'),
+        ahead: c.get<boolean>('ahead'),
         monitors: { enabled: c.get<boolean>('monitors.enabled') },
     };
 }

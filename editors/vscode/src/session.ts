@@ -55,6 +55,10 @@ export interface DraftlineSettings {
     drafts?: number;
     maxTokens?: number;
     debounceMs?: number;
+    latencyBudgetMs?: number;
+    requestCap?: number;
+    speculate?: number;
+    ahead?: boolean;
     monitors?: { enabled?: boolean };
 }
 
@@ -75,6 +79,10 @@ export function initializationOptions(s: DraftlineSettings): Record<string, unkn
         drafts: s.drafts,
         maxTokens: s.maxTokens,
         debounceMs: s.debounceMs,
+        latencyBudgetMs: s.latencyBudgetMs,
+        requestCap: s.requestCap,
+        speculate: s.speculate,
+        ahead: s.ahead,
     });
     if (s.monitors && s.monitors.enabled !== undefined) {
         o.monitors = { enabled: s.monitors.enabled };
