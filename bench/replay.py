@@ -15,7 +15,8 @@ splits of five packages each, `--split dev|test|all`; the standard library with
     line_start  another line emptied, request at its start (suffix after it)
     after_indent  another line cut after its indentation, request there
     mid_line    another line cut in its middle (after `(`, `=`, `.` or a word), request
-  huge (--huge): a ~3 MB file made of one package's modules: open + request, edit + request
+  huge (--huge): a ~3 MB file made of one package's modules: open + request, edit 5 lines above
+  + request; then a jump to a second and a third place + request, edit + request at each
 
 Each request waits for its answer before the next edit; between two actions that are not
 keystrokes of one line (after a first answer, before an edit elsewhere) the user thinks for
@@ -361,7 +362,10 @@ def doc_after(doc: str, line: int, new: str) -> str:
     return doc[:a] + new + doc[a:]
 
 
-def run_huge(cl, rec: list[dict], package: str = "networkx") -> None:
+def run_huge(cl, rec: list[dict], package: str = "networkx", places: int = 3) -> None:
+    """A ~3 MB file of one package's modules: opened with the cursor at a line start half way
+    down (huge_open), an edit 5 lines above the cursor (huge_edit); then the same at places
+    2/3 and 5/6 down, each reached by a jump (huge_jump) from the last."""
     parts, size = [], 0
     for f in sorted(package_dir(package).rglob("*.py")):
         t = f.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n")
@@ -372,22 +376,33 @@ def run_huge(cl, rec: list[dict], package: str = "networkx") -> None:
     text = "".join(parts)
     lines = text.split("\n")
     starts = statement_lines(text) or set(range(len(lines)))
-    la = next(i for i in range(len(lines) // 2, len(lines)) if i in starts and good_line(lines[i])
-              and lines[i].startswith("    "))
+    picks: list[int] = []
+    for frac in (1 / 2, 2 / 3, 5 / 6)[:places]:
+        picks.append(next(i for i in range(int(len(lines) * frac), len(lines)) if i in starts
+                          and good_line(lines[i]) and lines[i].startswith("    ") and i not in picks))
     ls = list(lines)
-    exp = ls[la]
-    ls[la] = ""
+    expected = {la: ls[la] for la in picks}
+    for la in picks:
+        ls[la] = ""
     doc = "\n".join(ls)
     uri = "file:///replay/huge/big.py"
+    name = f"{package} x{len(parts)} ({len(text)} chars)"
     cl.open(uri, doc)
-    for kind in ("huge_open", "huge_edit"):
-        if kind == "huge_edit":
-            cl.edit(uri, la - 5, 0, la - 5, 0, "# edited\n")
-            doc = doc_after(doc, la - 5, "# edited\n")
-            la += 1
-        ms, drafts, server = cl.ask(uri, doc, la, 0)
-        rec.append({"tool": cl.name, "kind": kind, "case": f"{package} x{len(parts)} ({len(text)} chars)",
-                    "ms": ms, "drafts": drafts, "expected": exp, "server": server, **quality(drafts, exp)})
+    shift = 0  # lines the edits so far inserted above the places still to come
+    for n, la0 in enumerate(picks):
+        la = la0 + shift
+        for kind in ("huge_open" if n == 0 else "huge_jump", "huge_edit"):
+            if kind == "huge_edit":
+                time.sleep(THINK_S)
+                cl.edit(uri, la - 5, 0, la - 5, 0, "# edited\n")
+                doc = doc_after(doc, la - 5, "# edited\n")
+                la += 1
+                shift += 1
+            ms, drafts, server = cl.ask(uri, doc, la, 0)
+            off = offset(doc, la, 0)
+            rec.append({"tool": cl.name, "kind": kind, "case": f"{name} line {la0}", "ms": ms, "drafts": drafts,
+                        "expected": expected[la0], "server": server, **quality(drafts, expected[la0]),
+                        "junk": junk_of(drafts, doc[:off], doc[off:])})
     cl.close(uri)
 
 
