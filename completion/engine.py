@@ -26,6 +26,7 @@ from .junk import cut_loop
 from .kvcache import CacheStore, Cancelled, DocCache, SyncStats
 from .model import LoadedModel
 from .prompt import Prompt, build_prompt, heal_index, window_start
+from .rescue import BanGuide, first_choices
 from .stops import logical_line_ends, make_stop
 from .tokens import TokenizedText
 from .window import affordable
@@ -99,6 +100,9 @@ def huge_window(text: str, cursor: int) -> tuple[int, int]:
     return a, max(b, cursor)
 
 
+#: an answer whose drafts were all junk is decoded again (`completion.rescue`) only with
+#: this much left before the request's hard deadline (a first line takes ~5-15 steps)
+RESCUE_S = 0.15
 #: the sync recomputes a token or two next to each gap (kvcache.widen): counted on top of a cap
 CAP_SLACK = 4
 #: tokens a request may add to the window its cache holds (a short window is grown when idle)
@@ -381,10 +385,20 @@ class Engine:
             if place is not None and spec.guess:  # its first tokens mostly still hold: guesses
                 spec = dataclasses.replace(spec, hints=place.raw)
             drafts, ds = decode(cache, pr.tokens, self.tok, spec, first_logits=st.tail_logits)
-        st.tail_logits = None  # (SyncStats is kept in the Result: not the logits)
         t_fin = time.perf_counter()
         outs, raws = self._finish(pr, drafts, trim)
         finish_ms = (time.perf_counter() - t_fin) * 1000
+        rescued = False
+        if not outs and drafts and (spec.hard_deadline is None or time.perf_counter() < spec.hard_deadline - RESCUE_S):
+            # every draft was junk: once more without the first word each of them chose
+            spec = dataclasses.replace(spec, hints=(), guides=list(spec.guides) + [
+                BanGuide(first_choices(drafts, self.tok, pr.heal), self.pieces.vocab)])
+            drafts, ds2 = decode(cache, pr.tokens, self.tok, spec, first_logits=st.tail_logits)
+            for f in ("ms", "steps", "tokens", "guessed"):
+                setattr(ds, f, getattr(ds, f) + getattr(ds2, f))
+            outs, raws = self._finish(pr, drafts, trim)
+            rescued = True
+        st.tail_logits = None  # (SyncStats is kept in the Result: not the logits)
         pending = False
         if cfg.ahead and outs:
             pending = self._keep_ahead(doc, pr, outs, raws, trim)
@@ -405,7 +419,7 @@ class Engine:
             timings=timings,
             tokens={"prompt": len(pr.tokens), "generated": ds.tokens, "steps": ds.steps, "guessed": ds.guessed,
                     "computed": st.computed, "stale": cache.stale, "sync_mode": st.mode,
-                    "window": "short" if short else "full", "reused": reused},
+                    "window": "short" if short else "full", "reused": reused, "rescued": rescued},
             sync=st,
             short_window=short,
             ahead_pending=pending,

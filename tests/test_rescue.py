@@ -1,0 +1,68 @@
+"""An answer whose drafts were all junk is decoded once more without the first word each of
+them chose (completion.rescue): the user gets a line instead of nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import stdlib_source
+
+
+def engine(lm, **kw):
+    from draftline.completion.engine import Engine, EngineConfig
+
+    cfg = dict(k=3, max_tokens=48, monitors=False, first_line_ms=600_000, ahead=False)
+    cfg.update(kw)
+    return Engine(lm, EngineConfig(**cfg))
+
+
+def test_the_first_word_after_the_healed_text_is_what_gets_ruled_out(default_model_dir):
+    from draftline.completion.drafts import Draft
+    from draftline.completion.tokens import Tokenizer
+    from draftline.completion.rescue import BanGuide, first_choices
+
+    tok = Tokenizer.from_dir(Path(default_model_dir))
+    heal = "\n"
+    a = Draft(tokens=tok.encode("\n        with pytest.raises(None)"))
+    b = Draft(tokens=tok.encode("\n        return (\n        ("))
+    c = Draft(tokens=tok.encode("\n        #"))
+    got = first_choices([a, b, c], tok, heal)
+    # each draft's first token past the newline and indentation, keyed by the text before it
+    assert sum(len(v) for v in got.values()) == 3
+    for before, ids in got.items():
+        assert before.strip() == "" and before.startswith(heal)
+        for i in ids:
+            assert tok.pieces[i].strip() in ("with", "return", "#")
+    guide = BanGuide(got, len(tok.pieces))
+    for before, ids in got.items():
+        m = guide.allowed(before)
+        assert not any(bool(m[i]) for i in ids) and int(m.sum()) == len(tok.pieces) - len(ids)
+    assert guide.allowed(next(iter(got)) + "x") is None  # anywhere else: no constraint
+
+
+@pytest.mark.real_model
+def test_an_answer_whose_drafts_were_all_junk_is_decoded_again_without_their_first_word(default_model):
+    """The real model at a stdlib place; the junk rule is the real trim plus one more: a draft
+    starting with a word the model's drafts chose first there is junk (as `return (` followed
+    by lines of `(` was on the replay).  The answer is then a line starting otherwise."""
+    from draftline.completion.guides import make_trim
+
+    src = stdlib_source("textwrap.py")
+    text = src[: src.index("        chunks = self._split_chunks(text)")]
+    trim = make_trim("python")
+    first = engine(default_model).complete("file:///r0.py", text, len(text), trim=trim)
+    assert first.drafts and not first.tokens["rescued"]
+    words = {d.text.split()[0] for d in first.drafts}
+
+    def strict(prefix: str, draft: str, suffix: str):
+        return None if draft.split()[:1] and draft.split()[0] in words else trim(prefix, draft, suffix)
+
+    again = engine(default_model).complete("file:///r1.py", text, len(text), trim=strict)
+    assert again.tokens["rescued"]
+    assert again.drafts and all(d.text.split()[0] not in words for d in again.drafts)
+    # without time left before the hard deadline there is no second try
+    late = engine(default_model, first_line_ms=0, latency_budget_ms=1).complete(
+        "file:///r2.py", text, len(text), trim=strict)
+    assert not late.tokens["rescued"]
