@@ -8,14 +8,14 @@ prompt for the cursor, syncs the cache to it (PIE) and decodes k drafts.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import re
 import threading
 import time
-import dataclasses
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -27,7 +27,7 @@ from .kvcache import CacheStore, Cancelled, DocCache, SyncStats
 from .model import LoadedModel
 from .prompt import Prompt, build_prompt, heal_index, window_start
 from .rescue import BanGuide, first_choices
-from .stops import logical_line_ends, make_stop
+from .stops import logical_line_ends, make_stop, whole_lines
 from .tokens import TokenizedText
 from .window import affordable
 from .wire import common_affixes  # (the text diff the team wire uses too)
@@ -543,7 +543,7 @@ class Engine:
                 # stopped mid-line (a loop, the hard deadline, the other drafts' early exit):
                 # whole lines only; the best draft may show a first line it is still
                 # writing, cut back to a word boundary
-                text = _whole_lines(text, partial_ok=rank == 0 and not d.looped)
+                text = whole_lines(text, partial_ok=rank == 0 and not d.looped)
                 if text is None:
                     continue
                 partial = not logical_line_ends(text.rstrip() + "\n")  # an unfinished statement
@@ -576,22 +576,6 @@ class Engine:
         raws = [r for r, c in zip(raws, clean) if c]
         outs = [o for o, c in zip(outs, clean) if c]
         return outs, raws
-
-
-def _whole_lines(text: str, partial_ok: bool) -> str | None:
-    """`text` up to its last complete logical line (`stops.logical_line_ends`); with
-    `partial_ok` an unfinished first line is
-    kept, without the identifier it is in the middle of (None: nothing left)."""
-    ends = [i for i in logical_line_ends(text) if text[:i].strip()]
-    if ends:
-        return text[:ends[-1]]
-    if not partial_ok:
-        return None
-    i = text.rfind("\n")
-    if i >= 0 and text[:i].strip():  # a long statement's first lines (its brackets still open)
-        return text[:i]
-    cut = re.sub(r"[A-Za-z_0-9]+$", "", text)
-    return cut if cut.strip() else (text if text.strip() else None)
 
 
 _FORBIDDEN = {0} | set(range(0x202A, 0x202F)) | set(range(0x2066, 0x206A))

@@ -4,6 +4,7 @@ block otherwise. Textual and cheap (it runs after every token); the syntax-aware
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 OPENERS = (":", "{", "(", "[", "=>", "->")
@@ -120,3 +121,20 @@ def make_stop(prefix: str, suffix: str, heal: str) -> StopRule:
         # its arguments on the next lines; cutting at the line break left unbalanced text)
         return StopRule(heal, False, _indent(line_before), statement=True)
     return StopRule(heal, False, _indent(line_before))
+
+
+def whole_lines(text: str, partial_ok: bool) -> str | None:
+    """`text` up to its last complete logical line (`logical_line_ends`): a draft stopped
+    mid-line (a loop, the hard deadline, the other drafts' early exit).  With `partial_ok`
+    an unfinished first line is kept, without the identifier it is in the middle of (None:
+    nothing left)."""
+    ends = [i for i in logical_line_ends(text) if text[:i].strip()]
+    if ends:
+        return text[:ends[-1]]
+    if not partial_ok:
+        return None
+    i = text.rfind("\n")
+    if i >= 0 and text[:i].strip():  # a long statement's first lines (its brackets still open)
+        return text[:i]
+    cut = re.sub(r"[A-Za-z_0-9]+$", "", text)
+    return cut if cut.strip() else (text if text.strip() else None)
