@@ -126,6 +126,8 @@ class DecodeSpec:
     # it is.  Analyses never wait past the deadline (`mask_for`).
     deadline: float | None = None
     hard_deadline: float | None = None
+    # tokens ruled out after given texts, applied like `heal` (completion.rescue.BanGuide)
+    ban: "Guide | None" = None
     # as if the deadline had passed, for the stop only: a draft ends at its first complete
     # line (`ahead.reverify`: a kept answer stopped there by its own request's deadline)
     first_line: bool = False
@@ -160,6 +162,10 @@ def mask_for(spec: DecodeSpec, draft: str, anchor: bool = True) -> torch.Tensor 
     leaves nothing allowed is dropped (analysis must never block all continuations).
     ``anchor`` False: a draft other than the greedy one (see `analysis_budget`)."""
     heal = spec.heal.allowed(draft) if spec.heal is not None else None
+    ban = spec.ban.allowed(draft) if spec.ban is not None else None
+    if ban is not None:
+        both = ban if heal is None else (ban & heal)
+        heal = both if bool(both.any()) else heal
     mon: torch.Tensor | None = None
     cap = analysis_budget(spec, anchor) if spec.guides else None
     for g in spec.guides:

@@ -388,20 +388,23 @@ class Engine:
         t_fin = time.perf_counter()
         outs, raws = self._finish(pr, drafts, trim)
         finish_ms = (time.perf_counter() - t_fin) * 1000
-        rescued = False
-        if not outs and drafts and (spec.hard_deadline is None or time.perf_counter() < spec.hard_deadline - RESCUE_S):
-            # every draft was junk: once more without the first word each of them chose
-            spec = dataclasses.replace(spec, hints=(), guides=list(spec.guides) + [
-                BanGuide(first_choices(drafts, self.tok, pr.heal), self.pieces.vocab)])
+        bans = first_choices(drafts, self.tok, pr.heal) if not outs and drafts else None
+        rescued = bool(bans) and (spec.hard_deadline is None or time.perf_counter() < spec.hard_deadline - RESCUE_S)
+        if rescued:  # every draft was junk: once more without the first word each of them chose
+            spec = dataclasses.replace(spec, hints=(), ban=BanGuide(bans, self.pieces.vocab))
             drafts, ds2 = decode(cache, pr.tokens, self.tok, spec, first_logits=st.tail_logits)
-            for f in ("ms", "steps", "tokens", "guessed"):
-                setattr(ds, f, getattr(ds, f) + getattr(ds2, f))
+            if reused:  # (the first try was the re-verification: its time is `reverify`)
+                ds, reused = ds2, False
+            else:
+                for f in ("ms", "steps", "tokens", "guessed"):
+                    setattr(ds, f, getattr(ds, f) + getattr(ds2, f))
+            t_fin = time.perf_counter()
             outs, raws = self._finish(pr, drafts, trim)
-            rescued = True
+            finish_ms += (time.perf_counter() - t_fin) * 1000
         st.tail_logits = None  # (SyncStats is kept in the Result: not the logits)
         pending = False
         if cfg.ahead and outs:
-            pending = self._keep_ahead(doc, pr, outs, raws, trim)
+            pending = self._keep_ahead(doc, pr, outs, raws, trim, checkable=not rescued)
         t3 = time.perf_counter()
         timings = {"tokenize": round((t_g - t0) * 1000, 2), "guides_setup": round((t1 - t_g) * 1000, 2),
                    "sync": round((t2 - t1) * 1000, 2),
@@ -462,13 +465,14 @@ class Engine:
             return None  # the cache does not hold this window (yet): `prepare` grows it first
         return self.complete(doc, text, cursor, cancel=cancel, context=context)
 
-    def _keep_ahead(self, doc: str, pr: Prompt, outs: list[DraftOut], raws: list[Draft], trim) -> bool:
+    def _keep_ahead(self, doc: str, pr: Prompt, outs: list[DraftOut], raws: list[Draft], trim,
+                    checkable: bool = True) -> bool:
         entry = Entry(pr.prefix, pr.suffix, tuple(o.text for o in outs), tuple(o.replace for o in outs),
                       heal=pr.heal, raw=tuple(tuple(d.tokens) for d in raws), prompt_len=len(pr.tokens),
                       exact=self.caches.caches[doc].stale == 0,
                       # ended by a rule (its stop rule, a stop token, the budget at a line end),
                       # not where a loop or max_tokens or the hard deadline stopped it
-                      natural=tuple(d.done and not d.looped and (not d.open_end or d.cut is not None)
+                      natural=tuple(checkable and d.done and not d.looped and (not d.open_end or d.cut is not None)
                                     for d in raws))
         pending = Pending(entry, list(pr.tokens), raws, pr.heal, trim, [d.open_end for d in raws])
         self.ahead.put(doc, entry, pending)

@@ -11,7 +11,11 @@ try (07:50, 16 files): 24 answers decoded again, 6 of them then gave a line (aft
 indentation 0 -> 0.12 edit similarity, mid-line 0 -> 0.15, four keystrokes), the others
 were at a line's end or junk again; empty answers 20 in all vs 37.  It runs only with 150
 ms left before the request's hard deadline (`engine.RESCUE_S`), so it never makes an
-answer later than the budget allows.
+answer later than the budget allows (without a budget, `latencyBudgetMs` 0, an all-junk
+answer takes about two decodes); and only when the junk drafts wrote a word at all (an
+empty one at a line's end would be decoded again as it was).  Its answer is kept for
+typed-ahead keystrokes but never re-verified (`Entry.checkable`): the check asks for what
+decoding without the ban would write.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ def first_choices(drafts: list[Draft], tok: Tokenizer, heal: str) -> dict[str, s
     for d in drafts:
         before = ""
         for t in d.tokens:
+            if d.cut is not None and len(before) >= d.cut:
+                break  # past where the stop rule cut it: the user never saw that token
             text = before + tok.pieces[t]
             if len(text) > len(heal) and text[len(heal):].strip():
                 out.setdefault(before, set()).add(t)
@@ -42,8 +48,10 @@ def first_choices(drafts: list[Draft], tok: Tokenizer, heal: str) -> dict[str, s
 
 
 class BanGuide:
-    """A decoding guide (`drafts.Guide`): after exactly the text `before`, the tokens in
-    `bans[before]` are not allowed."""
+    """After exactly the text `before`, the tokens in `bans[before]` are not allowed.  Applied
+    like token healing (`DecodeSpec.ban`, `drafts.mask_for`): always, not among the monitors'
+    masks, which are dropped when they leave nothing (a monitor that allows only the junk
+    draft's word would otherwise bring it back)."""
 
     def __init__(self, bans: dict[str, set[int]], vocab: int):
         self.masks: dict[str, torch.Tensor] = {}
