@@ -127,7 +127,7 @@ class DecodeSpec:
     deadline: float | None = None
     hard_deadline: float | None = None
     # tokens ruled out after given texts, applied like `heal` (completion.rescue.BanGuide)
-    ban: "Guide | None" = None
+    ban: Guide | None = None
     # as if the deadline had passed, for the stop only: a draft ends at its first complete
     # line (`ahead.reverify`: a kept answer stopped there by its own request's deadline)
     first_line: bool = False

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import stdlib_source
 
 
@@ -20,8 +19,8 @@ def engine(lm, **kw):
 
 def test_the_first_word_after_the_healed_text_is_what_gets_ruled_out(default_model_dir):
     from draftline.completion.drafts import Draft
-    from draftline.completion.tokens import Tokenizer
     from draftline.completion.rescue import BanGuide, first_choices
+    from draftline.completion.tokens import Tokenizer
 
     tok = Tokenizer.from_dir(Path(default_model_dir))
     heal = "\n"
