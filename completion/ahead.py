@@ -58,6 +58,9 @@ class Entry:
     natural: tuple[bool, ...] = ()
     prompt_len: int = 0  # tokens of the request's prompt
     exact: bool = True  # decoded on a cache without stale tokens (see Engine.reanswer)
+    # decoded with words ruled out (completion.rescue): a re-verification, which asks for
+    # what decoding without the ban writes, would fail
+    rescued: bool = False
 
     @property
     def checkable(self) -> bool:
@@ -67,7 +70,7 @@ class Entry:
         cases), but checking each anchor only up to its first line, the replay's edit_far
         re-verified 8 of 16 kept answers without that bound vs 3 of 16 with it, p50 345 vs
         464 ms (2026-12-05, dev split, the same hour), a failed check costing 50-110 ms."""
-        return bool(self.raw and self.natural and self.natural[0])
+        return bool(self.raw and self.natural and self.natural[0]) and not self.rescued
 
 
 @dataclass

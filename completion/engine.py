@@ -404,7 +404,7 @@ class Engine:
         st.tail_logits = None  # (SyncStats is kept in the Result: not the logits)
         pending = False
         if cfg.ahead and outs:
-            pending = self._keep_ahead(doc, pr, outs, raws, trim, checkable=not rescued)
+            pending = self._keep_ahead(doc, pr, outs, raws, trim, rescued=rescued)
         t3 = time.perf_counter()
         timings = {"tokenize": round((t_g - t0) * 1000, 2), "guides_setup": round((t1 - t_g) * 1000, 2),
                    "sync": round((t2 - t1) * 1000, 2),
@@ -466,13 +466,13 @@ class Engine:
         return self.complete(doc, text, cursor, cancel=cancel, context=context)
 
     def _keep_ahead(self, doc: str, pr: Prompt, outs: list[DraftOut], raws: list[Draft], trim,
-                    checkable: bool = True) -> bool:
+                    rescued: bool = False) -> bool:
         entry = Entry(pr.prefix, pr.suffix, tuple(o.text for o in outs), tuple(o.replace for o in outs),
                       heal=pr.heal, raw=tuple(tuple(d.tokens) for d in raws), prompt_len=len(pr.tokens),
-                      exact=self.caches.caches[doc].stale == 0,
+                      exact=self.caches.caches[doc].stale == 0, rescued=rescued,
                       # ended by a rule (its stop rule, a stop token, the budget at a line end),
                       # not where a loop or max_tokens or the hard deadline stopped it
-                      natural=tuple(checkable and d.done and not d.looped and (not d.open_end or d.cut is not None)
+                      natural=tuple(d.done and not d.looped and (not d.open_end or d.cut is not None)
                                     for d in raws))
         pending = Pending(entry, list(pr.tokens), raws, pr.heal, trim, [d.open_end for d in raws])
         self.ahead.put(doc, entry, pending)
