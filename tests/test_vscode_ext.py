@@ -128,11 +128,17 @@ module.exports = new Proxy(base, {
 """
 
 
-def _unpacked(vsix: Path, where: Path) -> Path:
-    """The .vsix extracted under ``where``: its extension folder."""
+def _unpacked(vsix: Path, where: Path, vscode_stub: str | None = None) -> Path:
+    """The .vsix extracted under ``where``: its extension folder; with ``vscode_stub``, that
+    source as the `vscode` module it requires (VS Code itself is not available here)."""
     with zipfile.ZipFile(vsix) as z:
         z.extractall(where)
-    return where / "extension"
+    ext = where / "extension"
+    if vscode_stub is not None:
+        stub = ext / "node_modules" / "vscode"
+        stub.mkdir(parents=True)
+        (stub / "index.js").write_text(vscode_stub)
+    return ext
 
 
 def _node(script: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
@@ -144,10 +150,7 @@ def _node(script: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
 def test_packaged_extension_loads(built: Path, tmp_path: Path):
     """The .vsix holds every module extension.js needs at run time (VS Code itself is not
     available here: a stub stands in for the `vscode` module)."""
-    ext = _unpacked(built, tmp_path)
-    stub = ext / "node_modules" / "vscode"
-    stub.mkdir(parents=True)
-    (stub / "index.js").write_text(STUB_VSCODE)
+    ext = _unpacked(built, tmp_path, vscode_stub=STUB_VSCODE)
     r = _node("const e = require('./out/extension.js'); console.log(typeof e.activate, typeof e.deactivate)", ext)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["function", "function"]
@@ -156,10 +159,7 @@ def test_packaged_extension_loads(built: Path, tmp_path: Path):
 def test_extension_reads_model_from_user_settings_only(built: Path, tmp_path: Path):
     """A workspace must not choose what runs: the model the extension passes to the server is
     the user (global) setting, never the workspace's, even though `get` would return the latter."""
-    ext = _unpacked(built, tmp_path)
-    stub = ext / "node_modules" / "vscode"
-    stub.mkdir(parents=True)
-    (stub / "index.js").write_text(STUB_VSCODE_SETTINGS)
+    ext = _unpacked(built, tmp_path, vscode_stub=STUB_VSCODE_SETTINGS)
     script = ("const e = require('./out/extension.js'); const vscode = require('vscode'); "
               "console.log(JSON.stringify({settings: e.readSettings(), sections: vscode.stubSections}));")
 
@@ -182,10 +182,7 @@ def test_every_server_setting_the_extension_offers_reaches_the_server_by_its_nam
     initializationOptions under a name the server's Settings takes (none ignored)."""
     from draftline.lsp.config import Settings
 
-    ext = _unpacked(built, tmp_path)
-    stub = ext / "node_modules" / "vscode"
-    stub.mkdir(parents=True)
-    (stub / "index.js").write_text(STUB_VSCODE_SETTINGS)
+    ext = _unpacked(built, tmp_path, vscode_stub=STUB_VSCODE_SETTINGS)
     with zipfile.ZipFile(built) as z:
         props = json.loads(z.read("extension/package.json"))["contributes"]["configuration"]["properties"]
     client_side = {"draftline.serverPath", "draftline.languages"}
