@@ -185,37 +185,49 @@ def reverify(cache: DocCache, prompt: list[int], e: Entry, tok: Tokenizer, spec:
     # the continuation, as after any answer.
     spec = dataclasses.replace(spec, first_line=True)
     n = len(prompt)
-    seqs = [list(t) for t in e.raw if t]
+    seqs = [t[:checked_len(t, tok, spec)] for t in e.raw if t]
     if not seqs or cache.tokens != prompt[:-1]:
         return None
     net = cache.net
     rows: list[int] = []
     pos: list[int] = []
+    visible: list[list[int]] = []
     if first is None:  # the prompt's last token is not in yet: it leads the tree (slot n-1)
-        rows, pos = [prompt[-1]], [n - 1]
+        rows, pos, visible = [prompt[-1]], [n - 1], [[]]
     start = n - len(rows)  # the slot of the tree's first row
-    slots_of: list[list[int]] = []
-    starts: list[int] = []  # each draft's first row
+    # the drafts as a token trie: a prefix two drafts share is one row (an alternative
+    # mostly leaves the anchor after a few tokens), each row seeing its own branch
+    node: dict[tuple[int, int], int] = {}
+    paths: list[list[int]] = []  # each draft's rows
     for t in seqs:
-        starts.append(len(rows))
-        slots_of.append([start + len(rows) + j for j in range(len(t))])
-        rows += t
-        pos += [n + j for j in range(len(t))]
+        path: list[int] = []
+        parent = -1
+        for j, tid in enumerate(t[:-1]):  # (the last token's row would only say what follows it)
+            r = node.get((parent, tid))
+            if r is None:
+                r = node[(parent, tid)] = len(rows)
+                rows.append(tid)
+                pos.append(n + j)
+                visible.append((visible[parent] if parent >= 0 else []) + [start + r])
+            path.append(r)
+            parent = r
+        paths.append(path)
     R = len(rows)
     cache.reserve(start + R + 1)
-    visible = [[]] * (len(rows) - sum(map(len, seqs))) + [own[: q + 1] for own in slots_of for q in range(len(own))]
     mask = tree_mask(R, start + R, n, visible)  # every row sees the prompt [0, n), drafts their own rows
-    with cache.lock:
-        out = net.forward(torch.tensor(rows), torch.tensor(pos), cache.k, cache.v, start, mask=mask,
-                          logits_rows=slice(None))
-    st.steps += 1
+    out: torch.Tensor | None = None
+    if R:  # (none: one-token drafts checked on the prompt's own logits)
+        with cache.lock:
+            out = net.forward(torch.tensor(rows), torch.tensor(pos), cache.k, cache.v, start, mask=mask,
+                              logits_rows=slice(None))
+        st.steps += 1
     z0 = first if first is not None else out[0]
     drafts: list[Draft] = []
     for i, t in enumerate(seqs):
         d = Draft()
         ok = True
         for j, tid in enumerate(t):
-            z = z0 if j == 0 else out[starts[i] + j - 1]
+            z = z0 if j == 0 else out[paths[i][j - 1]]  # type: ignore[index]
             lp = torch.log_softmax(apply_mask(z, mask_for(spec, d.text, anchor=i == 0)), -1)
             if i == 0 and int(lp.argmax()) != tid:
                 return None  # the anchor would be written differently now
@@ -231,6 +243,20 @@ def reverify(cache: DocCache, prompt: list[int], e: Entry, tok: Tokenizer, spec:
             drafts.append(d)
     st.tokens += sum(len(d.tokens) for d in drafts)
     return drafts
+
+
+def checked_len(t: list[int], tok: Tokenizer, spec: DecodeSpec) -> int:
+    """How many of a kept draft's tokens `reverify` reads: up to where its stop rule, a loop
+    or its first complete line ends it (`spec.first_line`), else all.  Why: kept drafts
+    carry the tokens their continuation decoded past the first line, and each token is a
+    row of the check's forward (~4 ms a row at 2k here, the output head half of it)."""
+    sim = dataclasses.replace(spec, deadline=None, hard_deadline=None)
+    d = Draft()
+    for j, tid in enumerate(t):
+        extend(d, tid, 0.0, tok, sim)
+        if d.done:
+            return j + 1
+    return len(t)
 
 
 def stop_here(prefix: str, suffix: str, rest: str) -> str:

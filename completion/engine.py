@@ -285,8 +285,10 @@ class Engine:
 
     def prepare(self, doc: str, text: str, cursor: int, cancel: threading.Event | None = None) -> SyncStats:
         """Sync the document's cache for a cursor (the idle-time work after an edit, or one
-        step of growing a short window back: at most `backfill_step` tokens per call, so a
-        request waits for at most one such step).  `SyncStats.more`: call again."""
+        step of growing a short window back: at most `backfill_step` tokens per call).  A
+        cancel stops it only where nothing the cache held is lost (`DocCache.sync`'s
+        `cancel_front`): between the chunks of a step's front, so a request waits for one
+        chunk (~75 ms), not the step (150-210 ms).  `SyncStats.more`: call again."""
         cap = self.config.backfill_step + CAP_SLACK
         if self.headers is not None and self._synced_header.get(doc, "") != self.headers.current(doc):
             # a new project-context header goes in whole, in this step: capped with the
@@ -296,17 +298,20 @@ class Engine:
         pr = self.prompt_for(doc, text, cursor, cap=cap)
         if cancel is not None and cancel.is_set():
             raise Cancelled()
-        st = self._sync(doc, pr, None)  # one step: never left half done (see kvcache.sync)
+        st = self._sync(doc, pr, None, cancel_front=cancel)
         st.more = pr.window_start > self.full_window_start(doc, cursor)
+        log.debug("prepare %s: %s, %d computed, %d moved, %.0f ms, prompt %d tokens%s", doc, st.mode,
+                  st.computed, st.moved, st.ms, len(pr.tokens), ", more" if st.more else "")
         return st
 
-    def _sync(self, doc: str, pr: Prompt, cancel: threading.Event | None, with_tail: bool = False) -> SyncStats:
+    def _sync(self, doc: str, pr: Prompt, cancel: threading.Event | None, with_tail: bool = False,
+              cancel_front: threading.Event | None = None) -> SyncStats:
         """Sync the cache to the prompt (all but its last token); `with_tail`: a request
         follows, so the last token rides along in the sync's forward when it runs one."""
         cache = self.caches.get(doc)
         st = cache.sync(pr.tokens[:-1], mode="pie" if self.config.pie else "full", cancel=cancel,
                         extra=self.config.max_tokens * self.config.k + 1,
-                        tail=pr.tokens[-1] if with_tail else None)
+                        tail=pr.tokens[-1] if with_tail else None, cancel_front=cancel_front)
         self._synced_header[doc] = pr.header
         self.caches.enforce(keep=doc)
         return st

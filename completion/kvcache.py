@@ -36,6 +36,11 @@ CHUNK = 256  # prefill chunk: bounds the latency of one uninterruptible forward
 # percent of refresh throughput
 REFRESH_CHUNK = 32
 MOVE_CHUNK = 128  # slots per piece of a PIE move (see DocCache._apply)
+# chunk of a front encoded apart before a sync changes the cache (`DocCache._encode_front`):
+# a request waits for the chunk in flight.  192 tokens at the front took 125 ms in one
+# forward, 145 ms in two of 96 (73 ms each), 180 ms in three of 64 (60 ms each): halving
+# the wait costs 16% of the growth's speed (2026-12-05, default model, 2 threads)
+FRONT_CHUNK = 96
 
 
 class Cancelled(Exception):
@@ -179,6 +184,9 @@ class DocCache:
         self.k, self.v = net.new_cache(max(capacity, CHUNK))
         self.exact = 0  # tokens [0, exact) carry exactly computed K/V
         self.lock = threading.Lock()
+        # a front encoded apart by a cancelled sync: (its tokens so far, K, V), resumed by
+        # the next sync whose front starts with them
+        self._front: tuple[list[int], torch.Tensor, torch.Tensor] | None = None
 
     # -- bookkeeping ---------------------------------------------------------------------
     @property
@@ -191,7 +199,8 @@ class DocCache:
 
     @property
     def nbytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes
+        front = self._front[1].nbytes * 2 if self._front is not None else 0
+        return self.k.nbytes + self.v.nbytes + front
 
     def reserve(self, n: int) -> None:
         """Make room for n slots (prompt + draft tokens); grows in whole chunks."""
@@ -243,11 +252,17 @@ class DocCache:
         return out
 
     def sync(self, new: list[int], mode: str = "pie", cancel: threading.Event | None = None,
-             widen_by: int = 1, extra: int = 0, tail: int | None = None) -> SyncStats:
+             widen_by: int = 1, extra: int = 0, tail: int | None = None,
+             cancel_front: threading.Event | None = None) -> SyncStats:
         """Make the cache hold `new` (see module doc). mode: "pie", "conflict-fast", "full".
 
         On cancellation between chunks the cache stays consistent: it then holds a prefix of
         `new` (everything computed so far), never a mix of old and new slots.
+        `cancel_front`: checked only where a cancel loses nothing the cache held: while
+        the tokens in front of the kept ones (a window grown at its front) are encoded
+        apart, in chunks of FRONT_CHUNK, before anything moves (the cache is then left as
+        it was and the work done kept for the next sync), or between chunks when nothing
+        cached is kept anyway.  Idle-time work passes it (`Engine.prepare`).
         `tail`: the token a decode will feed next (the prompt's last); when the sync runs a
         forward anyway it also runs the tail at slot len(new) (scratch, as for a decode)
         and returns its logits in `SyncStats.tail_logits`.
@@ -260,14 +275,17 @@ class DocCache:
             self.reserve(len(new) + extra + (tail is not None))
             tl = (tail, len(new)) if tail is not None else None
             if mode == "full":
-                return self._recompute_from(0, new, t0, "full", cancel, tl)
+                return self._recompute_from(0, new, t0, "full", cancel or cancel_front, tl)
             blocks = plan_blocks(old, new)
             if mode == "pie" and not self.net.rope.shiftable:
                 # length-dependent rope: only an untouched prefix is reusable exactly
                 p = blocks[0].size if blocks and blocks[0].old == 0 and blocks[0].new == 0 else 0
-                return self._recompute_from(p, new, t0, "exact-fallback", cancel, tl)
+                return self._recompute_from(p, new, t0, "exact-fallback", cancel or (cancel_front if p == 0 else None), tl)
             blocks = widen(blocks, widen_by, len(new))
-            return self._apply(old, new, blocks, rotate=(mode == "pie"), t0=t0, cancel=cancel, mode=mode, tail=tl)
+            if not blocks:  # nothing kept: a cancel leaves a prefix of `new`, losing nothing
+                cancel = cancel or cancel_front
+            return self._apply(old, new, blocks, rotate=(mode == "pie"), t0=t0, cancel=cancel, mode=mode, tail=tl,
+                               cancel_front=cancel_front)
 
     def _recompute_from(self, p: int, new: list[int], t0: float, mode: str,
                         cancel: threading.Event | None, tail: tuple[int, int] | None = None) -> SyncStats:
@@ -293,10 +311,24 @@ class DocCache:
 
     def _apply(self, old: list[int], new: list[int], blocks: list[Block], rotate: bool,
                t0: float, cancel: threading.Event | None, mode: str,
-               tail: tuple[int, int] | None = None) -> SyncStats:
+               tail: tuple[int, int] | None = None, cancel_front: threading.Event | None = None) -> SyncStats:
         K, V = self.k, self.v
         rope = self.net.rope
         kept = moved = 0
+        # 0) the gaps, in order; a gap at the front of kept tokens attends only to itself:
+        #    encoded apart first, so a cancel while it runs leaves the cache as it was
+        gaps: list[tuple[int, int]] = []
+        pos = 0
+        for b in blocks:
+            if b.new > pos:
+                gaps.append((pos, b.new))
+            pos = b.new + b.size
+        if pos < len(new):
+            gaps.append((pos, len(new)))
+        front = None
+        if blocks and gaps and gaps[0][0] == 0:
+            front = self._encode_front(new[:gaps[0][1]], cancel or cancel_front,
+                                       FRONT_CHUNK if cancel_front is not None else CHUNK)
         # 1) move surviving runs: left moves ascending, then right moves descending (no
         #    move overwrites a source that has not been read yet; see module doc)
         left = [b for b in blocks if b.shift < 0]
@@ -323,14 +355,6 @@ class DocCache:
         first_gap = blocks[0].size if blocks and blocks[0].new == 0 and blocks[0].old == 0 else 0
         exact = min(self.exact, first_gap)
         # 3) compute the gaps in order, each attending to everything placed before it
-        gaps: list[tuple[int, int]] = []
-        pos = 0
-        for b in blocks:
-            if b.new > pos:
-                gaps.append((pos, b.new))
-            pos = b.new + b.size
-        if pos < len(new):
-            gaps.append((pos, len(new)))
         computed = 0
         self.tokens = new  # slots now hold `new` except the gaps, which we fill next
         ready = {"upto": gaps[0][0] if gaps else len(new)}  # slots [0, upto) are consistent
@@ -342,6 +366,14 @@ class DocCache:
         try:
             for gi, (a, b) in enumerate(gaps):
                 ready["upto"] = a
+                if front is not None and gi == 0:  # encoded apart in step 0: copied in
+                    K[:, :, :b] = front[0][:, :, :b]
+                    V[:, :, :b] = front[1][:, :, :b]
+                    front = None
+                    computed += b
+                    if exact == a:
+                        exact = b
+                    continue
                 out = self.encode(new, a, b, cancel, on_chunk=progress,
                                   tail=tail if gi == len(gaps) - 1 else None)
                 if out is not None:
@@ -359,6 +391,40 @@ class DocCache:
         return SyncStats(mode, kept=kept, moved=moved, computed=computed,
                          dropped=len(old) - kept - moved, ms=(time.perf_counter() - t0) * 1000,
                          stale=self.stale, tail_logits=logits)
+
+    def _encode_front(self, ids: list[int], cancel: threading.Event | None,
+                      chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """K/V of the tokens `ids` at slots/positions [0, len(ids)) attending only to each
+        other, in scratch tensors, in chunks with a cancel check before each.  A cancel
+        keeps what is done (`_front`): the next sync whose front starts with those tokens
+        resumes there.  Why: growing a short window back is a front of 192 tokens per
+        idle-time step; encoded in place after the moves it could not stop (the cache would
+        lose the window it held), and the replay's edit-far requests queued 63-150 ms
+        behind such a step (2026-12-05 08:40)."""
+        n = len(ids)
+        saved, self._front = self._front, None
+        done = 0
+        if saved is not None:
+            sids, k, v = saved
+            while done < min(len(sids), n) and sids[done] == ids[done]:
+                done += 1
+            if k.shape[2] < n:
+                k2, v2 = self.net.new_cache(n)
+                k2[:, :, :done], v2[:, :, :done] = k[:, :, :done], v[:, :, :done]
+                k, v = k2, v2
+        else:
+            k, v = self.net.new_cache(n)
+        i = done
+        while i < n:
+            if cancel is not None and cancel.is_set():
+                if i > 0:
+                    self._front = (ids[:i], k, v)
+                raise Cancelled()
+            j = min(n, i + chunk)
+            self.net.forward(torch.tensor(ids[i:j], dtype=torch.long), torch.arange(i, j), k, v, i,
+                             logits_rows=None)
+            i = j
+        return k, v
 
     def refresh(self, cancel: threading.Event | None = None) -> int:
         """Re-encode the stale tail exactly, chunk by chunk; returns tokens recomputed.

@@ -25,6 +25,8 @@ import asyncio
 import logging
 from typing import Any
 
+from draftline.completion.kvcache import Cancelled
+
 from .documents import MAX_DOCUMENT_CHARS
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ class CachePolicy:
         self.prefetched: dict[str, tuple[int, int, asyncio.Future]] = {}
         self.accepted_pending: dict[str, str] = {}
         self._short: set[str] = set()  # last answered from a short window, not answered again yet
+        self._preparing: dict[str, Any] = {}  # uri -> its newest prepare/prefill job (one chain)
 
     # -- events from the handlers ------------------------------------------------------------
     def on_open(self, uri: str) -> None:
@@ -65,6 +68,7 @@ class CachePolicy:
 
     def on_close(self, uri: str) -> None:
         self._short.discard(uri)
+        self._preparing.pop(uri, None)
         for table in (self._debounce, self._idle):
             h = table.pop(uri, None)
             if h is not None:
@@ -113,6 +117,7 @@ class CachePolicy:
                 h.cancel()
         if ls.engine is None:
             return
+        self._preparing.pop(uri, None)  # the chain in flight ends here (its job is cancelled)
         ls.scheduler.cancel_doc(uri, ("prepare", "prefill", "refresh"))
         wait = ls.settings.debounce_ms / 1000 if delay is None else delay
         self._debounce[uri] = asyncio.get_running_loop().call_later(wait, self._prepare_now, uri)
@@ -137,13 +142,24 @@ class CachePolicy:
         kind = "prepare" if uri == ls.active else "prefill"
         job = ls.scheduler.submit(uri, kind, lambda c: eng.prepare(uri, text, cursor, c),
                                   supersede=("prepare", "prefill", "refresh"))
+        self._preparing[uri] = job
 
         def done(f: asyncio.Future) -> None:
-            if f.cancelled() or f.exception() is not None:
+            if self._preparing.get(uri) is not job:
+                return  # superseded: a newer chain goes on (two chains had alternated steps)
+            if f.cancelled():
+                return
+            if isinstance(f.exception(), Cancelled):
+                # a request came (a step stops between chunks, its work kept): go on after it
+                self._prepare_now(uri)
+                return
+            if f.exception() is not None:
+                self._preparing.pop(uri, None)
                 return
             if getattr(f.result(), "more", False):  # a short window: grow it one more step
                 self._prepare_now(uri)
             else:
+                self._preparing.pop(uri, None)
                 self._after_prepare(uri)
                 self.reanswer(uri)
 

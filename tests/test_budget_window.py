@@ -302,3 +302,61 @@ def test_an_answer_from_the_stale_cache_is_answered_again_after_the_exact_refres
     assert eng.refresh("file:///s.py") > 0 and eng.cache_of("file:///s.py").stale == 0
     assert eng.reanswer("file:///s.py", src, len(src)) is not None  # exact now: answered again
     assert eng.reanswer("file:///s.py", src, len(src)) is None  # once
+
+
+def test_a_reverified_answer_feeds_each_shared_prefix_once(tiny, monkeypatch):
+    """`reverify` feeds the kept drafts as a token trie: a prefix two drafts share is one row,
+    the last token of each draft no row at all (it only says what follows it), and every
+    draft gets the log-probabilities it gets checked as a branch of its own."""
+    import math
+
+    from draftline.completion.ahead import Entry, reverify
+    from draftline.completion.decode import decode
+    from draftline.completion.drafts import DecodeSpec, DecodeStats
+    from draftline.completion.kvcache import DocCache
+
+    tok = tiny.tokenizer
+    prompt = list(range(1000, 1120))
+    cache = DocCache(tiny.net)
+    cache.sync(prompt[:-1], mode="full")
+    spec = DecodeSpec(k=1, max_tokens=6, method="greedy")
+    greedy = decode(cache, prompt, tok, spec)[0][0].tokens  # the anchor: what greedy decoding writes
+    assert len(greedy) == 6
+    alt = greedy[:3] + [(greedy[3] + 1) % 4000 + 500, 777, 778]  # leaves the anchor after 3 tokens
+
+    def check(raw):
+        rows: list[int] = []
+        real = tiny.net.forward
+
+        def fwd(x, *a, **kw):
+            rows.append(x.shape[0])
+            return real(x, *a, **kw)
+
+        tiny.net.forward = fwd
+        try:
+            e = Entry("", "", ("",) * len(raw), (0,) * len(raw), raw=tuple(map(tuple, raw)), natural=(True,) * len(raw))
+            out = reverify(cache, prompt, e, tok, spec, None, DecodeStats())
+        finally:
+            del tiny.net.forward
+        return out, rows
+
+    both, rows = check([greedy, alt])
+    # the prompt's last token, the anchor's first 5, the alternative's 3 after the shared 3
+    assert rows == [1 + 5 + 2]
+    assert both is not None and both[0].tokens == greedy
+    alone, rows1 = check([greedy])
+    assert rows1 == [1 + 5]
+    assert math.isclose(both[0].logprob, alone[0].logprob, abs_tol=1e-4)
+    # the alternative as one causal sequence after the prompt: its exact log-probabilities,
+    # which the check gives it (a random model finds it unlikely: not dropped for this)
+    from draftline.completion import superposed
+
+    monkeypatch.setattr(superposed, "VERIFY_MIN_P", 1e-30)
+    both, _ = check([greedy, alt])
+    ref = DocCache(tiny.net)
+    ref.reserve(len(prompt) + len(alt))
+    seq = prompt + alt
+    z = tiny.net.forward(torch.tensor(seq), torch.arange(len(seq)), ref.k, ref.v, 0, logits_rows=slice(None))
+    lps = [float(torch.log_softmax(z[len(prompt) - 1 + j], -1)[t]) for j, t in enumerate(alt)]
+    assert len(both) == 2 and both[1].tokens == alt
+    assert math.isclose(both[1].logprob, sum(lps), abs_tol=1e-3)

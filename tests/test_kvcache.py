@@ -171,3 +171,46 @@ def test_plan_blocks_window_shift_keeps_most_tokens():
     new = doc[128:1500] + [7, 8, 9] + doc[1500:2128]
     kept = sum(b.size for b in plan_blocks(old, new))
     assert kept >= 2000 - 128 - 20
+
+
+def test_a_cancelled_front_leaves_the_cache_as_it_was_and_is_resumed(tiny):
+    """A window grown at its front (`cancel_front`): the front is encoded apart in chunks
+    of FRONT_CHUNK before anything moves; a cancel between chunks leaves the cache's tokens
+    and K/V untouched, and the next sync encodes only the chunks not done, to the same K/V
+    as a sync never cancelled."""
+    from draftline.completion.kvcache import FRONT_CHUNK
+
+    held = list(range(3000, 3200))
+    front = list(range(500, 500 + 2 * FRONT_CHUNK + 40))  # three chunks
+    new = front + held
+    c = fresh(tiny.net, held)
+    k0, v0 = c.k[:, :, :len(held)].clone(), c.v[:, :, :len(held)].clone()
+    ev = threading.Event()
+    rows: list[int] = []
+    real = tiny.net.forward
+
+    def fwd(x, *a, **kw):
+        rows.append(x.shape[0])
+        if len(rows) == 2:
+            ev.set()  # a request arrives while the second chunk runs
+        return real(x, *a, **kw)
+
+    tiny.net.forward = fwd
+    try:
+        with pytest.raises(Cancelled):
+            c.sync(new, cancel_front=ev)
+        assert rows == [FRONT_CHUNK, FRONT_CHUNK]
+        assert c.tokens == held and c.stale == 0
+        assert torch.equal(c.k[:, :, :len(held)], k0) and torch.equal(c.v[:, :, :len(held)], v0)
+        rows.clear()
+        st_ = c.sync(new, cancel_front=threading.Event())
+    finally:
+        del tiny.net.forward
+    # (the front and the held token next to it, widened: its context changed)
+    assert c.tokens == new and st_.computed == len(front) + 1 and st_.moved == len(held) - 1
+    assert rows == [st_.computed - 2 * FRONT_CHUNK]  # only the chunk not done
+    ref = fresh(tiny.net, held)
+    ref.sync(new)  # the same sync, never cancelled
+    assert torch.allclose(c.k[:, :, :len(new)], ref.k[:, :, :len(new)], atol=1e-5)
+    assert torch.allclose(c.v[:, :, :len(new)], ref.v[:, :, :len(new)], atol=1e-5)
+    assert c._front is None

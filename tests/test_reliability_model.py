@@ -31,24 +31,33 @@ def engine(default_model):
 
 
 # -- P4 ---------------------------------------------------------------------------------------
-def test_cancel_during_prefill_stops_within_one_step(engine):
-    """A cold document is prefilled in steps of `backfill_step` tokens nearest the cursor
-    first (each step one forward, never left half done); a cancel stops it before the next
-    step, and what is done is kept and reused."""
+def test_cancel_during_prefill_stops_within_one_chunk_and_keeps_its_work(engine):
+    """A cold document is prefilled in idle-time steps of `backfill_step` tokens nearest the
+    cursor first; a step's front is encoded apart, in chunks of FRONT_CHUNK, before the cache
+    changes.  A cancel stops it before the next chunk, the cache keeps the window it held
+    (a step is never left half done), and the next step resumes from the chunks done."""
     from draftline.completion.engine import Engine, EngineConfig
+    from draftline.completion.kvcache import FRONT_CHUNK
 
     engine = Engine(engine.lm, EngineConfig(k=3, max_tokens=48))  # with the default request budget
     src = stdlib_source("textwrap.py")[:4000]  # ~900 tokens: several steps
     doc = "file:///p4-prefill.py"
-    with ForwardCounter(engine.net, trigger=3) as fc:
+    step = engine.config.backfill_step
+    with ForwardCounter(engine.net, trigger=3) as fc:  # step 1: one forward; step 2's front: 96 + 96 + ...
         with pytest.raises(Cancelled):
             while engine.prepare(doc, src, len(src), fc.cancel).more:
                 pass
     assert fc.at_set == 3
-    assert fc.started_after_cancel == 0  # the step in flight finished; no other started
+    assert fc.started_after_cancel == 0  # the chunk in flight finished; no other started
     cache = engine.cache_of(doc)
-    step = engine.config.backfill_step
-    assert 2 * step < len(cache.tokens) <= 3 * step  # the three steps, nearest the cursor
+    first = list(cache.tokens)
+    assert 0 < len(first) <= step + 2  # the first step, whole; the second left no trace in it
+    # the next step encodes only what the cancelled one had not
+    with ForwardCounter(engine.net) as fc:
+        st = engine.prepare(doc, src, len(src))
+    assert st.computed > 2 * FRONT_CHUNK
+    assert sum(s[0] for s in fc.shapes) == st.computed - 2 * FRONT_CHUNK
+    assert cache.tokens[-len(first):] == first  # grown at the front, the window it held kept
     # the cache stays consistent: the next request answers from it, computing almost nothing
     res = engine.complete(doc, src, len(src), max_tokens=4)
     assert res.tokens["prompt"] >= len(cache.tokens) and res.tokens["computed"] < 32
