@@ -68,7 +68,7 @@ class EngineConfig:
     first_line_ms: int = 600
     # the greedy draft's next tokens guessed per forward (completion.lookup), 0 = off
     speculate: int = 6
-    backfill_step: int = 192  # tokens per idle-time step that grows a short window back (~0.1 s)
+    backfill_step: int = 384  # tokens per idle-time step that grows a short window back (~0.25 s, see kvcache.FRONT_CHUNK)
     ahead: bool = True  # keep answers and continue them in idle time (completion.ahead)
     # context from the rest of the project before the file's text (completion.context);
     # off by default: see bench/replay.py --init '{"projectContext": true}' for what it gives

@@ -37,10 +37,11 @@ CHUNK = 256  # prefill chunk: bounds the latency of one uninterruptible forward
 REFRESH_CHUNK = 32
 MOVE_CHUNK = 128  # slots per piece of a PIE move (see DocCache._apply)
 # chunk of a front encoded apart before a sync changes the cache (`DocCache._encode_front`):
-# a request waits for the chunk in flight.  192 tokens at the front took 125 ms in one
-# forward, 145 ms in two of 96 (73 ms each), 180 ms in three of 64 (60 ms each): halving
-# the wait costs 16% of the growth's speed (2026-12-05, default model, 2 threads)
-FRONT_CHUNK = 96
+# a request waits for the chunk in flight.  A window grown back from 832 tokens to 2k in steps
+# of 192 tokens took 757-768 ms in chunks of 192 (91 ms each), 835-897 in chunks of 96 (58
+# ms); in steps of 384, 725-753 ms in chunks of 128 (71 ms each), 665-683 in chunks of 192
+# (three runs each, 2026-12-05, default model, 2 threads)
+FRONT_CHUNK = 128
 
 
 class Cancelled(Exception):
@@ -199,8 +200,8 @@ class DocCache:
 
     @property
     def nbytes(self) -> int:
-        front = self._front[1].nbytes * 2 if self._front is not None else 0
-        return self.k.nbytes + self.v.nbytes + front
+        f = self._front  # (read once: the worker may clear it meanwhile)
+        return self.k.nbytes + self.v.nbytes + (2 * f[1].nbytes if f is not None else 0)
 
     def reserve(self, n: int) -> None:
         """Make room for n slots (prompt + draft tokens); grows in whole chunks."""
@@ -261,8 +262,10 @@ class DocCache:
         `cancel_front`: checked only where a cancel loses nothing the cache held: while
         the tokens in front of the kept ones (a window grown at its front) are encoded
         apart, in chunks of FRONT_CHUNK, before anything moves (the cache is then left as
-        it was and the work done kept for the next sync), or between chunks when nothing
-        cached is kept anyway.  Idle-time work passes it (`Engine.prepare`).
+        it was and the work done kept for the next sync), or between chunks when the cache
+        was empty.  Not in "full" mode or for a rope that cannot shift (they re-encode from
+        the start: a cancel would drop the window held).  Idle-time work passes it
+        (`Engine.prepare`).
         `tail`: the token a decode will feed next (the prompt's last); when the sync runs a
         forward anyway it also runs the tail at slot len(new) (scratch, as for a decode)
         and returns its logits in `SyncStats.tail_logits`.
@@ -275,14 +278,14 @@ class DocCache:
             self.reserve(len(new) + extra + (tail is not None))
             tl = (tail, len(new)) if tail is not None else None
             if mode == "full":
-                return self._recompute_from(0, new, t0, "full", cancel or cancel_front, tl)
+                return self._recompute_from(0, new, t0, "full", cancel, tl)
             blocks = plan_blocks(old, new)
             if mode == "pie" and not self.net.rope.shiftable:
                 # length-dependent rope: only an untouched prefix is reusable exactly
                 p = blocks[0].size if blocks and blocks[0].old == 0 and blocks[0].new == 0 else 0
-                return self._recompute_from(p, new, t0, "exact-fallback", cancel or (cancel_front if p == 0 else None), tl)
+                return self._recompute_from(p, new, t0, "exact-fallback", cancel, tl)
             blocks = widen(blocks, widen_by, len(new))
-            if not blocks:  # nothing kept: a cancel leaves a prefix of `new`, losing nothing
+            if not blocks and not old:  # nothing cached: a cancel leaves a prefix of `new`
                 cancel = cancel or cancel_front
             return self._apply(old, new, blocks, rotate=(mode == "pie"), t0=t0, cancel=cancel, mode=mode, tail=tl,
                                cancel_front=cancel_front)
@@ -326,7 +329,7 @@ class DocCache:
         if pos < len(new):
             gaps.append((pos, len(new)))
         front = None
-        if blocks and gaps and gaps[0][0] == 0:
+        if blocks and gaps and gaps[0][0] == 0 and ((cancel or cancel_front) is not None or self._front is not None):
             front = self._encode_front(new[:gaps[0][1]], cancel or cancel_front,
                                        FRONT_CHUNK if cancel_front is not None else CHUNK)
         # 1) move surviving runs: left moves ascending, then right moves descending (no
@@ -373,6 +376,9 @@ class DocCache:
                     computed += b
                     if exact == a:
                         exact = b
+                    if tail is not None and gi == len(gaps) - 1:  # the tail's forward of its own
+                        logits = self.net.forward(torch.tensor([tail[0]]), torch.tensor([tail[1]]), K, V,
+                                                  tail[1])[0]
                     continue
                 out = self.encode(new, a, b, cancel, on_chunk=progress,
                                   tail=tail if gi == len(gaps) - 1 else None)

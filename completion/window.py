@@ -11,9 +11,10 @@ the cached prompt (the new tokens attend only to each other: one step of 128 tok
 ~0.15 s at any context length; the cached tokens behind it move and are re-rotated, and
 are re-encoded exactly when the editor is idle, as after any edit).
 
-Measured on this machine (2026-12-04, default model): 256 tokens at the start of a window
-encode in ~0.27 s, 256 more behind 1k cached ones in ~0.8 s; the cap of a request is
-`Engine.request_cap` tokens.
+Measured on this machine (2026-12-05, default model): 256 tokens at the start of a window
+encode in ~0.11 s, 256 more behind 1k cached ones in ~0.18 s, behind 1.5k in ~0.23 s
+(0.27 / 0.30 / 0.68 s before the query rows were made contiguous for attention); the cap
+of a request is `Engine.request_cap` tokens.
 """
 
 from __future__ import annotations

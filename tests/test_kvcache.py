@@ -214,3 +214,17 @@ def test_a_cancelled_front_leaves_the_cache_as_it_was_and_is_resumed(tiny):
     assert torch.allclose(c.k[:, :, :len(new)], ref.k[:, :, :len(new)], atol=1e-5)
     assert torch.allclose(c.v[:, :, :len(new)], ref.v[:, :, :len(new)], atol=1e-5)
     assert c._front is None
+
+
+def test_the_tail_comes_with_a_sync_whose_only_gap_is_a_front(tiny):
+    """A window grown at its front by a request's sync (`cancel` given: the front path):
+    the tail's logits come back as with any other sync that runs a forward."""
+    held = list(range(3000, 3100))
+    new = list(range(500, 540)) + held
+    c = fresh(tiny.net, held)
+    st_ = c.sync(new, cancel=threading.Event(), tail=77)
+    ref = fresh(tiny.net, held)
+    ref.sync(new)
+    n = len(new)
+    z = tiny.net.forward(torch.tensor([77]), torch.tensor([n]), ref.k, ref.v, n)[0]
+    assert st_.tail_logits is not None and torch.allclose(st_.tail_logits, z, atol=1e-4)
