@@ -31,9 +31,9 @@ log = logging.getLogger(__name__)
 
 CHUNK = 256  # prefill chunk: bounds the latency of one uninterruptible forward
 # background refresh chunk: a completion request that interrupts a refresh waits for the
-# chunk in flight; 32 tokens at 2k context stay on the int8 GEMV path (~100 ms here; 64 took
-# ~250 ms and 256 ~550 ms, measured as queueing delay in bench/latency.py), for a few
-# percent of refresh throughput
+# chunk in flight: 32 tokens at 2k context ~64 ms here, 64 ~92 ms, 16 ~45 ms (2026-12-05,
+# after attention's contiguous queries and the GEMM from 10 rows; 64 had taken ~250 ms and
+# 256 ~550 ms before, measured as queueing delay in bench/latency.py)
 REFRESH_CHUNK = 32
 MOVE_CHUNK = 128  # slots per piece of a PIE move (see DocCache._apply)
 # chunk of a front encoded apart before a sync changes the cache (`DocCache._encode_front`):

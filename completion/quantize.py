@@ -19,9 +19,14 @@ class _WeightOnlyLinear:
     forward here, whatever its size (a 79-row forward: 177 vs 72 ms, 128 rows at the start
     of a window 174 vs 69, 256 rows 229 vs 135), which is what a cold open's chunks, an
     idle-time step that grows a window and a project-context header change pay.  The price
-    is the bf16 copy: 212 MB for the default model."""
+    is the bf16 copy: 212 MB for the default model.
 
-    GEMV_ROWS = 32
+    Where the GEMM starts (`GEMV_ROWS`): at 32 rows once, measured before attention got its
+    query rows contiguous (`transformer.attend`); since then a forward behind 1.8k cached
+    tokens, with logits, costs 50 vs 63 ms for 16 rows, 61 vs 85 for 24, 73 vs 104 for 32,
+    the same up to 10 (2026-12-05): re-verification trees and refresh chunks."""
+
+    GEMV_ROWS = 10
     out_features: int
     bias: torch.Tensor | None
     _bf16: torch.Tensor | None = None

@@ -88,12 +88,14 @@ def test_prompt_lookup_saves_steps_on_real_code_with_the_same_first_draft(defaul
             steps[g] += st.steps
             guessed += st.guessed
         if out[6] != out[0]:
-            # a forward of several rows rounds differently from one of one row: the choice
-            # may flip where two tokens tie (textwrap: logits 22.77 vs 22.73), nowhere else
+            # a forward of several rows rounds differently from one of one row (bf16
+            # activations: the logits of 7 rows vs 7 one-row forwards differ by 0.04-0.05 on
+            # average, up to 0.7; 2026-12-05): the choice may flip where two tokens nearly
+            # tie (textwrap: logits 22.77 vs 22.73; 29.91 vs 29.71), nowhere else
             j = next(i for i, (a, b) in enumerate(zip(out[0], out[6])) if a != b)
             seq = pr.tokens + out[0][:j]
             k, v = net.new_cache(len(seq) + 1)
             z = net.forward(torch.tensor(seq), torch.arange(len(seq)), k, v, 0)[0]
-            assert abs(float(z[out[0][j]] - z[out[6][j]])) < 0.1, (lines[ln], j)
+            assert abs(float(z[out[0][j]] - z[out[6][j]])) < 0.3, (lines[ln], j)
             ties += 1
     assert ties <= 2 and guessed > 0 and steps[6] < steps[0], (steps, guessed, ties)
