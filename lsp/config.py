@@ -106,6 +106,8 @@ class Settings:
         self.drafts = max(1, min(self.drafts, 8))
         self.max_tokens = max(1, min(self.max_tokens, 512))
         self.speculate = min(self.speculate, 16)
+        # a cap of 0 answered from an empty window; the bounds are the VS Code manifest's
+        self.request_cap = max(64, min(self.request_cap, 4096))
         return ignored
 
     def _monitors(self, value: Any) -> None:

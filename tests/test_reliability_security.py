@@ -136,3 +136,13 @@ def test_float_setting_parsed_and_bounded():
     assert s.update({"ngramWeight": 0.25}, trusted=False) == [] and s.ngram_weight == 0.25
     assert s.update({"ngramWeight": 3}, trusted=False) == ["ngramWeight"] and s.ngram_weight == 0.25
     assert s.update({"ngramWeight": "x"}, trusted=False) == ["ngramWeight"]
+
+
+def test_request_cap_is_kept_between_its_bounds():
+    """`requestCap` 0 would answer from an empty window; a huge one is no cap at all."""
+    from draftline.lsp.config import Settings
+
+    s = Settings()
+    assert s.update({"requestCap": 0}, trusted=False) == [] and s.request_cap == 64
+    assert s.update({"requestCap": 10**9}, trusted=False) == [] and s.request_cap == 4096
+    assert s.update({"requestCap": 1536}, trusted=False) == [] and s.request_cap == 1536
