@@ -263,8 +263,8 @@ class DocCache:
         the tokens in front of the kept ones (a window grown at its front) are encoded
         apart, in chunks of FRONT_CHUNK, before anything moves (the cache is then left as
         it was and the work done kept for the next sync), or between chunks when the cache
-        was empty.  Not in "full" mode or for a rope that cannot shift (they re-encode from
-        the start: a cancel would drop the window held).  Idle-time work passes it
+        was empty.  Not otherwise in "full" mode or for a rope that cannot shift (they
+        re-encode from the start: a cancel would drop the window held).  Idle-time work passes it
         (`Engine.prepare`).
         `tail`: the token a decode will feed next (the prompt's last); when the sync runs a
         forward anyway it also runs the tail at slot len(new) (scratch, as for a decode)
@@ -278,12 +278,14 @@ class DocCache:
             self.reserve(len(new) + extra + (tail is not None))
             tl = (tail, len(new)) if tail is not None else None
             if mode == "full":
-                return self._recompute_from(0, new, t0, "full", cancel, tl)
+                # (a cancel between chunks loses nothing only when nothing was cached)
+                return self._recompute_from(0, new, t0, "full", cancel or (cancel_front if not old else None), tl)
             blocks = plan_blocks(old, new)
             if mode == "pie" and not self.net.rope.shiftable:
                 # length-dependent rope: only an untouched prefix is reusable exactly
                 p = blocks[0].size if blocks and blocks[0].old == 0 and blocks[0].new == 0 else 0
-                return self._recompute_from(p, new, t0, "exact-fallback", cancel, tl)
+                return self._recompute_from(p, new, t0, "exact-fallback",
+                                            cancel or (cancel_front if not old else None), tl)
             blocks = widen(blocks, widen_by, len(new))
             if not blocks and not old:  # nothing cached: a cancel leaves a prefix of `new`
                 cancel = cancel or cancel_front

@@ -24,7 +24,9 @@ class _WeightOnlyLinear:
     Where the GEMM starts (`GEMV_ROWS`): at 32 rows once, measured before attention got its
     query rows contiguous (`transformer.attend`); since then a forward behind 1.8k cached
     tokens, with logits, costs 50 vs 63 ms for 16 rows, 61 vs 85 for 24, 73 vs 104 for 32,
-    the same up to 10 (2026-12-05): re-verification trees and refresh chunks."""
+    the same up to 10 (2026-12-05): re-verification trees and refresh chunks.  Those trees
+    compute logits, so the output head's first pass gets its bf16 copy too (~57 MB more for
+    the default model, once; before, only past 32 rows)."""
 
     GEMV_ROWS = 10
     out_features: int
