@@ -288,7 +288,7 @@ class Engine:
         step of growing a short window back: at most `backfill_step` tokens per call).  A
         cancel stops it only where nothing the cache held is lost (`DocCache.sync`'s
         `cancel_front`): between the chunks of a step's front, so a request waits for one
-        chunk (~75 ms), not the step (150-210 ms).  `SyncStats.more`: call again."""
+        chunk (`FRONT_CHUNK`, ~70 ms), not the step (~0.25 s).  `SyncStats.more`: call again."""
         cap = self.config.backfill_step + CAP_SLACK
         if self.headers is not None and self._synced_header.get(doc, "") != self.headers.current(doc):
             # a new project-context header goes in whole, in this step: capped with the

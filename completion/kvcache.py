@@ -277,18 +277,16 @@ class DocCache:
                 return SyncStats("noop", kept=len(new), stale=self.stale)
             self.reserve(len(new) + extra + (tail is not None))
             tl = (tail, len(new)) if tail is not None else None
+            if not old:  # nothing cached: a cancel between chunks leaves a prefix of `new`
+                cancel = cancel or cancel_front
             if mode == "full":
-                # (a cancel between chunks loses nothing only when nothing was cached)
-                return self._recompute_from(0, new, t0, "full", cancel or (cancel_front if not old else None), tl)
+                return self._recompute_from(0, new, t0, "full", cancel, tl)
             blocks = plan_blocks(old, new)
             if mode == "pie" and not self.net.rope.shiftable:
                 # length-dependent rope: only an untouched prefix is reusable exactly
                 p = blocks[0].size if blocks and blocks[0].old == 0 and blocks[0].new == 0 else 0
-                return self._recompute_from(p, new, t0, "exact-fallback",
-                                            cancel or (cancel_front if not old else None), tl)
+                return self._recompute_from(p, new, t0, "exact-fallback", cancel, tl)
             blocks = widen(blocks, widen_by, len(new))
-            if not blocks and not old:  # nothing cached: a cancel leaves a prefix of `new`
-                cancel = cancel or cancel_front
             return self._apply(old, new, blocks, rotate=(mode == "pie"), t0=t0, cancel=cancel, mode=mode, tail=tl,
                                cancel_front=cancel_front)
 
@@ -405,8 +403,8 @@ class DocCache:
         """K/V of the tokens `ids` at slots/positions [0, len(ids)) attending only to each
         other, in scratch tensors, in chunks with a cancel check before each.  A cancel
         keeps what is done (`_front`): the next sync whose front starts with those tokens
-        resumes there.  Why: growing a short window back is a front of 192 tokens per
-        idle-time step; encoded in place after the moves it could not stop (the cache would
+        resumes there.  Why: growing a short window back is a front of `backfill_step`
+        tokens per idle-time step; encoded in place after the moves it could not stop (the cache would
         lose the window it held), and the replay's edit-far requests queued 63-150 ms
         behind such a step (2026-12-05 08:40)."""
         n = len(ids)
