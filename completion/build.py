@@ -21,7 +21,8 @@ def engine_config(s: Any) -> EngineConfig:
     return EngineConfig(k=s.drafts, max_tokens=s.max_tokens, context_tokens=s.context_tokens,
                         method=s.method, pie=s.pie, cache_budget_mb=s.cache_budget_mb, ngram_weight=s.ngram_weight,
                         stale_limit=s.stale_limit, monitors=s.monitors.enabled,
-                        latency_budget_ms=s.latency_budget_ms, ahead=s.ahead, speculate=s.speculate, request_cap=max(64, s.request_cap), project_context=s.project_context)
+                        latency_budget_ms=s.latency_budget_ms, ahead=s.ahead, speculate=s.speculate, request_cap=max(64, s.request_cap),
+                        far_tokens=s.far_tokens, project_context=s.project_context)
 
 
 def build_engine(settings: Any, progress: Progress | None = None, workspace_roots: list[str] | tuple = ()) -> Engine:

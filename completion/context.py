@@ -48,6 +48,11 @@ def identifiers(text: str) -> frozenset[str]:
     return frozenset(w for w in _IDENT.findall(text) if w not in _STOP)
 
 
+def defined_names(text: str) -> frozenset[str]:
+    """The names `text` defines (def/class): their signatures are not worth a header's room."""
+    return frozenset(m.group(2) for m in _DEF.finditer(text))
+
+
 @dataclass(frozen=True)
 class Chunk:
     key: str  # the file's key (workspace.doc_key)
@@ -256,7 +261,7 @@ class Headers:
         key = doc_key(doc)
         files = self.index.all_files(others, exclude=key)
         prefix = text[max(0, cursor - 20_000):cursor]
-        own = frozenset(m.group(2) for m in _DEF.finditer(text[max(0, cursor - 200_000):cursor + 50_000]))
+        own = defined_names(text[max(0, cursor - 200_000):cursor + 50_000])
         picked, sigs, score = select(prefix, own, files, self.tok, self.budget, cancel)
         line = text.count("\n", 0, cursor)
         old = self.by_doc.get(doc)

@@ -22,6 +22,7 @@ import torch
 from .ahead import PROMPT_DRIFT, AheadStore, Entry, Pending, continue_drafts, reverify
 from .decode import decode
 from .drafts import DecodeSpec, DecodeStats, Draft, HealGuide, PieceIndex
+from .far import far_header
 from .junk import cut_loop
 from .kvcache import CacheStore, Cancelled, DocCache, SyncStats
 from .model import LoadedModel
@@ -29,7 +30,7 @@ from .prompt import Prompt, build_prompt, heal_index, window_start
 from .rescue import BanGuide, first_choices
 from .stops import logical_line_ends, make_stop, whole_lines
 from .tokens import TokenizedText
-from .window import affordable
+from .window import HUGE_CHARS, affordable, huge_window
 from .wire import common_affixes  # (the text diff the team wire uses too)
 
 log = logging.getLogger(__name__)
@@ -74,30 +75,7 @@ class EngineConfig:
     # off by default: see bench/replay.py --init '{"projectContext": true}' for what it gives
     project_context: bool = False
     header_tokens: int = 320
-
-
-#: Documents longer than this are tokenized in a window around the cursor only: a 3 MB file
-#: took 44 s to its first answer, most of it tokenizing and analysing text the model never
-#: reads (its window is 2k tokens, ~8 KB of code).  The window (HUGE_BEFORE characters before
-#: the cursor, HUGE_AFTER after, edges on a HUGE_GRID grid moved to line starts, so typing
-#: does not move it) is re-tokenized when the cursor leaves it.
-HUGE_CHARS = 512 * 1024
-HUGE_BEFORE = 48 * 1024
-HUGE_AFTER = 16 * 1024
-HUGE_GRID = 16 * 1024
-
-
-def huge_window(text: str, cursor: int) -> tuple[int, int]:
-    """[a, b) of a huge document's text that the engine tokenizes for a cursor."""
-    a = max(0, (cursor - HUGE_BEFORE) // HUGE_GRID * HUGE_GRID)
-    if a:
-        a = text.find("\n", a) + 1 or a
-    a = min(a, cursor)
-    b = min(len(text), ((cursor + HUGE_AFTER) // HUGE_GRID + 1) * HUGE_GRID)
-    if b < len(text):
-        nl = text.find("\n", b)
-        b = len(text) if nl < 0 else nl + 1
-    return a, max(b, cursor)
+    far_tokens: int = 256  # a short window's header of the file's own lines (completion.far)
 
 
 #: an answer whose drafts were all junk is decoded again (`completion.rescue`) only with
@@ -167,6 +145,7 @@ class Engine:
         self.headers = None  # completion.context.Headers when project_context (completion.build)
         self._header_ids: dict[str, tuple[str, list[int]]] = {}
         self._synced_header: dict[str, str] = {}  # the header each document's cache was last synced with
+        self._far: dict[str, str] = {}  # a short window's header of the file's own lines (completion.far)
 
     def warm_up(self) -> float:
         """Run each forward shape a request uses once (a prefill chunk, a sync's rows, a
@@ -218,6 +197,7 @@ class Engine:
         self.bases.pop(doc, None)
         self._header_ids.pop(doc, None)
         self._synced_header.pop(doc, None)
+        self._far.pop(doc, None)
         if self.headers is not None:
             self.headers.drop(doc)
         self.caches.drop(doc)
@@ -233,11 +213,10 @@ class Engine:
         return freed
 
     def header_ids(self, doc: str, header: str | None) -> list[int]:
-        """The tokens of a document's project-context header (None: the one it has now)."""
-        if self.headers is None:
-            return []
+        """The tokens of a document's header (None: the one it has now: its short window's
+        (`completion.far`) or else its project context's)."""
         if header is None:
-            header = self.headers.current(doc)
+            header = self._far.get(doc) or (self.headers.current(doc) if self.headers is not None else "")
         got = self._header_ids.get(doc)
         if got is None or got[0] != header:
             got = (header, self.tok.encode(header) if header else [])
@@ -245,10 +224,11 @@ class Engine:
         return got[1]
 
     def prompt_for(self, doc: str, text: str, cursor: int, cap: int | None = None,
-                   header: str | None = None) -> Prompt:
+                   header: str | None = None, start: int | None = None) -> Prompt:
         """The prompt for a cursor; `cap`: at most this many tokens to encode for it (the
-        window then starts later: `completion.window`); `header`: the project context to
-        put first (None: the document's current one, "" none)."""
+        window then starts later: `completion.window`), or `start`: the window's first
+        document token; `header`: the context to put first (None: the document's current
+        one, "" none)."""
         tt = self.update(doc, text, cursor)
         cfg = self.config
         at = cursor - self.bases.get(doc, 0)
@@ -259,6 +239,8 @@ class Engine:
             return dataclasses.replace(build_prompt(tt, at, self.tok, self.context_tokens, cfg.suffix_tokens,
                                                     heal=cfg.token_healing, start=start, header=hids), header=htext)
 
+        if start is not None:
+            return make(start)
         full = make()
         if cap is None:
             return full
@@ -274,8 +256,19 @@ class Engine:
         if near.body_end - near.window_start >= min(MIN_CONTEXT, near.body_end):
             return near
         # cold or far moved: the tokens nearest the cursor, without the project context
-        # (it comes back with the window, in idle time)
-        return self.prompt_for(doc, text, cursor, cap=self.config.request_cap + CAP_SLACK, header="")
+        # (it comes back with the window, in idle time), after the file's lines above them
+        # that are most like the cursor's (`completion.far`)
+        cap = self.config.request_cap + CAP_SLACK
+        pr = self.prompt_for(doc, text, cursor, cap=cap, header="")
+        self._far.pop(doc, None)
+        tt, base = self.texts[doc], self.bases.get(doc, 0)
+        a = tt.starts[pr.window_start] if pr.window_start < len(tt.starts) else len(tt.text)
+        far = far_header(tt.text[:a], tt.text[a:cursor - base], pr.prefix, self.tok,
+                         self.config.far_tokens) if a > 0 else ""
+        if not far:
+            return pr
+        self._far[doc] = far
+        return self.prompt_for(doc, text, cursor, header=far, start=pr.window_start)
 
     def full_window_start(self, doc: str, cursor: int) -> int:
         tt = self.texts[doc]
@@ -290,15 +283,25 @@ class Engine:
         `cancel_front`): between the chunks of a step's front, so a request waits for one
         chunk (`FRONT_CHUNK`, ~70 ms), not the step (~0.25 s).  `SyncStats.more`: call again."""
         cap = self.config.backfill_step + CAP_SLACK
-        if self.headers is not None and self._synced_header.get(doc, "") != self.headers.current(doc):
+        far = self._far.get(doc)
+        if far is not None:
+            # the first step drops the short window's header (`completion.far`) and grows
+            # the window by the header's length more: a step's new tokens are then the
+            # front of the cached ones, encoded apart and cancellable between chunks; kept
+            # until the last step, the header made every step a gap after it, and requests
+            # queued behind whole steps (replay, 2026-12-05: edit far above p50 349 vs 217 ms)
+            cap += len(self.header_ids(doc, far))
+        elif self.headers is not None and self._synced_header.get(doc, "") != self.headers.current(doc):
             # a new project-context header goes in whole, in this step: capped with the
             # window, it left the cache a header and a sliver of the file, and the next
             # request re-encoded a short window (640 tokens; replay test split, 2026-12-05)
             cap += len(self.header_ids(doc, None))
-        pr = self.prompt_for(doc, text, cursor, cap=cap)
+        pr = self.prompt_for(doc, text, cursor, cap=cap, header="" if far is not None else None)
         if cancel is not None and cancel.is_set():
             raise Cancelled()
         st = self._sync(doc, pr, None, cancel_front=cancel)
+        if far is not None:  # (after the sync: a cancelled step keeps it)
+            self._far.pop(doc, None)
         st.more = pr.window_start > self.full_window_start(doc, cursor)
         log.debug("prepare %s: %s, %d computed, %d moved, %.0f ms, prompt %d tokens%s", doc, st.mode,
                   st.computed, st.moved, st.ms, len(pr.tokens), ", more" if st.more else "")

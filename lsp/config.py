@@ -49,6 +49,9 @@ class Settings:
     # tokens a request may encode for a cold or far-moved cursor (the rest of the window
     # is grown back in idle time): the first answer after opening waits for them
     request_cap: int = 832  # (completion.engine.EngineConfig: why 832)
+    # tokens of the file's own lines from above such a short window, most like the
+    # cursor's, put before it until the window is grown (completion.far; 0 = off)
+    far_tokens: int = 256
     # the greedy draft's next tokens guessed per forward and checked by it (0 = off;
     # completion.lookup: bench/speculate.py)
     speculate: int = 6
@@ -108,6 +111,7 @@ class Settings:
         self.speculate = min(self.speculate, 16)
         # a cap of 0 answered from an empty window; the bounds are the VS Code manifest's
         self.request_cap = max(64, min(self.request_cap, 4096))
+        self.far_tokens = min(self.far_tokens, 1024)
         return ignored
 
     def _monitors(self, value: Any) -> None:

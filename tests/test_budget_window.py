@@ -33,7 +33,7 @@ def _textwrap_and_far_edits() -> tuple[str, list[str]]:
 
 # -- the window a request can afford --------------------------------------------------------------
 def test_a_cold_request_encodes_at_most_its_cap_nearest_the_cursor(tiny):
-    eng = engine(tiny, k=1, max_tokens=2, request_cap=96, backfill_step=64)
+    eng = engine(tiny, k=1, max_tokens=2, request_cap=96, backfill_step=64, far_tokens=0)  # (the header: test_far.py)
     src = stdlib_source("textwrap.py")[:6000]
     res = eng.complete("file:///w.py", src, len(src))
     assert res.short_window and res.tokens["computed"] <= 96 + 2

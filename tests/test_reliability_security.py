@@ -146,3 +146,7 @@ def test_request_cap_is_kept_between_its_bounds():
     assert s.update({"requestCap": 0}, trusted=False) == [] and s.request_cap == 64
     assert s.update({"requestCap": 10**9}, trusted=False) == [] and s.request_cap == 4096
     assert s.update({"requestCap": 1536}, trusted=False) == [] and s.request_cap == 1536
+    # the short window's header: 0 = off, at most 1024 tokens
+    assert s.update({"farTokens": 0}, trusted=False) == [] and s.far_tokens == 0
+    assert s.update({"farTokens": 10**9}, trusted=False) == [] and s.far_tokens == 1024
+    assert s.update({"farTokens": -1}, trusted=False) == ["farTokens"] and s.far_tokens == 1024
