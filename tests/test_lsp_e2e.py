@@ -198,7 +198,17 @@ def test_an_open_answered_from_a_short_window_is_answered_again_in_idle_time():
         assert first["result"]["items"]
         rec = s.result("draftline/status", {"recent": 1})["recent"][-1]
         assert rec["tokens"]["window"] == "short"
-        s.until(lambda: s.status()["counters"].get("reanswered"), timeout=300, every=0.5)
+        # idle time, all of it: grown back, re-answered, refreshed exactly (and re-answered
+        # again if the first re-answer read the stale grown cache: with the short window's
+        # header (`farTokens`) that one ran to `maxTokens` here, so it was not checkable)
+        seen: list[tuple] = []
+
+        def idle() -> bool:  # re-answered, exact, and nothing new for 3 s
+            st = s.status()
+            stale = tuple(c["stale"] for c in st.get("caches", []) if c["uri"] == uri)
+            seen.append((st["counters"].get("reanswered", 0), stale))
+            return seen[-1][0] > 0 and seen[-1][1] == (0,) and len(seen) > 6 and len(set(seen[-6:])) == 1
+        s.until(idle, timeout=300, every=0.5)
         at = text[:text.index("class TextWrapper:")].count("\n")
         s.change(uri, 2, [{"range": {"start": {"line": at, "character": 0}, "end": {"line": at, "character": 0}},
                            "text": "\n"}])  # a blank line far above
