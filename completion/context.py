@@ -203,7 +203,11 @@ def select(prefix: str, doc_text_idents: frozenset[str], files: list[FileIndex],
     picked: list[Chunk] = []
     total = 0.0
     for s, c in scored:
+        if budget - used < 32:  # no snippet fits (each ~60-100 tokens): stop encoding candidates
+            break
         if any(p.key == c.key and abs(p.line - c.line) < CHUNK_LINES for p in picked):
+            continue
+        if len(c.text) // 12 + 8 > budget - used:  # surely too long (code: ~3-4 characters a token)
             continue
         n = len(tok.encode(c.text)) + 8
         if used + n > budget:

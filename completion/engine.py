@@ -261,6 +261,8 @@ class Engine:
         cap = self.config.request_cap + CAP_SLACK
         pr = self.prompt_for(doc, text, cursor, cap=cap, header="")
         self._far.pop(doc, None)
+        if pr.window_start <= self.full_window_start(doc, cursor):
+            return pr  # the whole window after all: nothing above it to bring in
         tt, base = self.texts[doc], self.bases.get(doc, 0)
         a = tt.starts[pr.window_start] if pr.window_start < len(tt.starts) else len(tt.text)
         far = far_header(tt.text[:a], tt.text[a:cursor - base], pr.prefix, self.tok,
@@ -283,14 +285,15 @@ class Engine:
         `cancel_front`): between the chunks of a step's front, so a request waits for one
         chunk (`FRONT_CHUNK`, ~70 ms), not the step (~0.25 s).  `SyncStats.more`: call again."""
         cap = self.config.backfill_step + CAP_SLACK
+        forget = 0
         far = self._far.get(doc)
         if far is not None:
-            # the first step drops the short window's header (`completion.far`) and grows
-            # the window by the header's length more: a step's new tokens are then the
-            # front of the cached ones, encoded apart and cancellable between chunks; kept
-            # until the last step, the header made every step a gap after it, and requests
-            # queued behind whole steps (replay, 2026-12-05: edit far above p50 349 vs 217 ms)
-            cap += len(self.header_ids(doc, far))
+            # the first step drops the short window's header (`completion.far`), not
+            # matched inside the new front (`forget`), and grows the window by its length
+            # more: one front, cancellable between chunks.  Kept to the last step, every step
+            # was a gap after it (edit far above p50 349 vs 217 ms, replay 2026-12-05)
+            forget = len(self.header_ids(doc, far))
+            cap += forget
         elif self.headers is not None and self._synced_header.get(doc, "") != self.headers.current(doc):
             # a new project-context header goes in whole, in this step: capped with the
             # window, it left the cache a header and a sliver of the file, and the next
@@ -299,22 +302,23 @@ class Engine:
         pr = self.prompt_for(doc, text, cursor, cap=cap, header="" if far is not None else None)
         if cancel is not None and cancel.is_set():
             raise Cancelled()
-        st = self._sync(doc, pr, None, cancel_front=cancel)
+        st = self._sync(doc, pr, None, cancel_front=cancel, forget=forget)
         if far is not None:  # (after the sync: a cancelled step keeps it)
             self._far.pop(doc, None)
-        st.more = pr.window_start > self.full_window_start(doc, cursor)
+        st.more = pr.window_start > self.full_window_start(doc, cursor) or (
+            self.headers is not None and self._synced_header.get(doc, "") != self.headers.current(doc))
         log.debug("prepare %s: %s, %d computed, %d moved, %.0f ms, prompt %d tokens%s", doc, st.mode,
                   st.computed, st.moved, st.ms, len(pr.tokens), ", more" if st.more else "")
         return st
 
     def _sync(self, doc: str, pr: Prompt, cancel: threading.Event | None, with_tail: bool = False,
-              cancel_front: threading.Event | None = None) -> SyncStats:
+              cancel_front: threading.Event | None = None, forget: int = 0) -> SyncStats:
         """Sync the cache to the prompt (all but its last token); `with_tail`: a request
         follows, so the last token rides along in the sync's forward when it runs one."""
         cache = self.caches.get(doc)
         st = cache.sync(pr.tokens[:-1], mode="pie" if self.config.pie else "full", cancel=cancel,
                         extra=self.config.max_tokens * self.config.k + 1,
-                        tail=pr.tokens[-1] if with_tail else None, cancel_front=cancel_front)
+                        tail=pr.tokens[-1] if with_tail else None, cancel_front=cancel_front, forget=forget)
         self._synced_header[doc] = pr.header
         self.caches.enforce(keep=doc)
         return st

@@ -26,6 +26,7 @@ def far_header(above: str, window: str, prefix: str, tok, budget: int) -> str:
     last FAR_MAX_CHARS are searched), `window` the window's text, `prefix` the text
     before the cursor; at most `budget` tokens (about; `select`'s count).  "" if nothing
     above is similar enough to be picked."""
+    above = above[:above.rfind("\n") + 1]  # a window starting mid-line: not that line's start
     if budget <= 0 or not above.strip():
         return ""
     text = above[-FAR_MAX_CHARS:]

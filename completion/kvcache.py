@@ -254,7 +254,7 @@ class DocCache:
 
     def sync(self, new: list[int], mode: str = "pie", cancel: threading.Event | None = None,
              widen_by: int = 1, extra: int = 0, tail: int | None = None,
-             cancel_front: threading.Event | None = None) -> SyncStats:
+             cancel_front: threading.Event | None = None, forget: int = 0) -> SyncStats:
         """Make the cache hold `new` (see module doc). mode: "pie", "conflict-fast", "full".
 
         On cancellation between chunks the cache stays consistent: it then holds a prefix of
@@ -269,6 +269,9 @@ class DocCache:
         `tail`: the token a decode will feed next (the prompt's last); when the sync runs a
         forward anyway it also runs the tail at slot len(new) (scratch, as for a decode)
         and returns its logits in `SyncStats.tail_logits`.
+        `forget`: the first this many cached tokens are not reused (a short window's header
+        being dropped, `completion.far`: its snippets are file lines, and matched inside the
+        new front they split it into pieces, only the first of them cancellable).
         """
         t0 = time.perf_counter()
         with self.lock:
@@ -281,7 +284,7 @@ class DocCache:
                 cancel = cancel or cancel_front
             if mode == "full":
                 return self._recompute_from(0, new, t0, "full", cancel, tl)
-            blocks = plan_blocks(old, new)
+            blocks = plan_blocks([-1] * forget + old[forget:] if forget else old, new)
             if mode == "pie" and not self.net.rope.shiftable:
                 # length-dependent rope: only an untouched prefix is reusable exactly
                 p = blocks[0].size if blocks and blocks[0].old == 0 and blocks[0].new == 0 else 0

@@ -38,10 +38,13 @@ def test_the_header_holds_the_lines_most_like_the_cursors_within_its_budget(defa
     assert "# ----" not in h  # no marker lines: drafts copied them
     assert far_header(above, window, text, default_tokenizer, 0) == ""
     assert far_header("\n\n", window, text, default_tokenizer, 128) == ""
-    # a bigger budget: more snippets, in the file's order
-    big = far_header(above, window, text, default_tokenizer, 512)
-    pos = [above.index(chunk) for chunk in big.strip("\n").split("\n\n") if chunk in above]
-    assert len(pos) >= 2 and pos == sorted(pos)
+    # two siblings like the cursor's lines: both, in the file's order
+    second = "\nclass TestRankSmall:\n    def test_empty(self):\n        e = spectral_rank_score(empty_graph(3), 0.4)\n"
+    cut = above.index("    def test_case_20(")
+    above2 = above[:cut] + second + above[cut:]
+    big = far_header(above2, window, above2 + window, default_tokenizer, 512)
+    assert line in big and "empty_graph(3), 0.4)" in big
+    assert big.index(line) < big.index("empty_graph(3), 0.4)")
 
 
 def test_the_header_search_is_bounded_in_a_huge_text(default_tokenizer):
@@ -77,7 +80,8 @@ def test_a_short_window_reads_the_header_until_it_is_grown_back(tiny):
     cache = eng.cache_of(DOC)
     assert cache.tokens[:len(header)] == header
     assert res.tokens["computed"] <= 320 + len(header) + 2  # the cap is the window's
-    assert eng.tok.decode(header) in src[:src.index(eng.tok.decode(cache.tokens[len(header):len(header) + 8]))]
+    above = src[:src.index(eng.tok.decode(cache.tokens[len(header):len(header) + 8]))]
+    assert all(ln in above for ln in eng.tok.decode(header).split("\n") if ln.strip())  # lines from above the window
     # a keystroke keeps it (a request never pays for a header change)
     typed = src + "x"
     assert eng.complete(DOC, typed, len(typed)).tokens["computed"] <= 8
@@ -87,6 +91,9 @@ def test_a_short_window_reads_the_header_until_it_is_grown_back(tiny):
     assert eng.header_ids(DOC, None) == []
     ref = engine(tiny, latency_budget_ms=0)  # no budget: the whole window at once, no header
     assert eng.cache_of(DOC).tokens == ref.prompt_for(DOC, typed, len(typed)).tokens[:-1]
+    # a cap that affords the whole window: no header (it would only push window text out)
+    whole = engine(tiny, far_tokens=160, request_cap=4096)
+    assert not whole.complete(DOC, src, len(src)).short_window and whole.header_ids(DOC, None) == []
     # off: the short window alone
     off = engine(tiny, far_tokens=0, request_cap=320)
     off.complete(DOC, src, len(src))

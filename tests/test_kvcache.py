@@ -228,3 +228,25 @@ def test_the_tail_comes_with_a_sync_whose_only_gap_is_a_front(tiny):
     n = len(new)
     z = tiny.net.forward(torch.tensor([77]), torch.tensor([n]), ref.k, ref.v, n)[0]
     assert st_.tail_logits is not None and torch.allclose(st_.tail_logits, z, atol=1e-4)
+
+
+def test_a_dropped_header_is_not_matched_inside_the_new_front(tiny):
+    """A short window's header (`completion.far`) is file lines: the step that drops it grows
+    the window by a front that holds those lines too.  Matched there, the header split the
+    front into pieces and only the first was encoded apart (cancellable); with `forget` the
+    whole front is one, so a request arriving meanwhile stops it and the cache is untouched."""
+    header = list(range(700, 760))
+    window = list(range(3000, 3200))
+    front = list(range(500, 560)) + header + list(range(600, 700))  # the header's lines inside it
+    new = front + window
+    c = fresh(tiny.net, header + window)
+    st_ = c.sync(new)  # matched inside the front: the front is two gaps around it
+    assert c.tokens == new and st_.computed < len(front)
+    c = fresh(tiny.net, header + window)
+    ev = threading.Event()
+    ev.set()  # a request is waiting
+    with pytest.raises(Cancelled):
+        c.sync(new, cancel_front=ev, forget=len(header))
+    assert c.tokens == header + window  # stopped before anything moved
+    st_ = c.sync(new, cancel_front=threading.Event(), forget=len(header))
+    assert c.tokens == new and st_.computed >= len(front)

@@ -203,11 +203,11 @@ def test_an_open_answered_from_a_short_window_is_answered_again_in_idle_time():
         # header (`farTokens`) that one ran to `maxTokens` here, so it was not checkable)
         seen: list[tuple] = []
 
-        def idle() -> bool:  # re-answered, exact, and nothing new for 3 s
+        def idle() -> bool:  # re-answered, exact, and nothing new for 6 s (a re-answer takes ~0.5-1 s)
             st = s.status()
             stale = tuple(c["stale"] for c in st.get("caches", []) if c["uri"] == uri)
             seen.append((st["counters"].get("reanswered", 0), stale))
-            return seen[-1][0] > 0 and seen[-1][1] == (0,) and len(seen) > 6 and len(set(seen[-6:])) == 1
+            return seen[-1][0] > 0 and seen[-1][1] == (0,) and len(seen) > 12 and len(set(seen[-12:])) == 1
         s.until(idle, timeout=300, every=0.5)
         at = text[:text.index("class TextWrapper:")].count("\n")
         s.change(uri, 2, [{"range": {"start": {"line": at, "character": 0}, "end": {"line": at, "character": 0}},
