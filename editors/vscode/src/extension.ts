@@ -60,6 +60,7 @@ export function readSettings(): DraftlineSettings {
         debounceMs: c.get<number>('debounceMs'),
         latencyBudgetMs: c.get<number>('latencyBudgetMs'),
         requestCap: c.get<number>('requestCap'),
+        farTokens: c.get<number>('farTokens'),
         speculate: c.get<number>('speculate'),
         ahead: c.get<boolean>('ahead'),
         monitors: { enabled: c.get<boolean>('monitors.enabled') },

@@ -57,6 +57,7 @@ export interface DraftlineSettings {
     debounceMs?: number;
     latencyBudgetMs?: number;
     requestCap?: number;
+    farTokens?: number;
     speculate?: number;
     ahead?: boolean;
     monitors?: { enabled?: boolean };
@@ -81,6 +82,7 @@ export function initializationOptions(s: DraftlineSettings): Record<string, unkn
         debounceMs: s.debounceMs,
         latencyBudgetMs: s.latencyBudgetMs,
         requestCap: s.requestCap,
+        farTokens: s.farTokens,
         speculate: s.speculate,
         ahead: s.ahead,
     });
