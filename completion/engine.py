@@ -48,13 +48,12 @@ class EngineConfig:
     stale_limit: int = 512  # re-encode exactly once this many tokens are stale
     monitors: bool = True
     token_healing: bool = True  # off only for ablations (bench, tests)
-    # superposed scoring: weight of the workspace n-gram model; 0 (the default) scores by the
-    # model alone: bench/drafts.py found the true line more often without it (k=3: 0.333 vs
-    # 0.267 on 30 tasks, 0.233 vs 0.200 on 60) at a lower cost
+    # superposed scoring: weight of the workspace n-gram model; 0: the model alone found the
+    # true line more often (bench/drafts.py, k=3: 0.333 vs 0.267 on 30 tasks, 0.233 vs 0.200 on 60)
     ngram_weight: float = 0.0
     # A request's budget (ms from its arrival): past it, drafts end at their next line end
     # (the first line always comes whole) and analyses stop waiting; past 3x it, decoding
-    # stops.  0 = no budget.  See bench/replay.py for what it buys.
+    # stops.  0 = no budget (bench/replay.py: what it buys)
     latency_budget_ms: int = 300
     # tokens a request may run through the model to sync its cache (a cold or far-moved
     # window is shortened to afford it, and grown back in idle time by `prepare`).  832 vs
@@ -255,9 +254,8 @@ class Engine:
         near = self.prompt_for(doc, text, cursor, cap=GROW_SLACK, header=header)
         if near.body_end - near.window_start >= min(MIN_CONTEXT, near.body_end):
             return near
-        # cold or far moved: the tokens nearest the cursor, without the project context
-        # (it comes back with the window, in idle time), after the file's lines above them
-        # that are most like the cursor's (`completion.far`)
+        # cold or far moved: the tokens nearest the cursor, without the project context (it comes
+        # back with the window, in idle time), after the file's lines most like the cursor's (`far`)
         cap = self.config.request_cap + CAP_SLACK
         pr = self.prompt_for(doc, text, cursor, cap=cap, header="")
         self._far.pop(doc, None)
@@ -265,12 +263,10 @@ class Engine:
             return pr  # the whole window after all: nothing above it to bring in
         tt, base = self.texts[doc], self.bases.get(doc, 0)
         a = tt.starts[pr.window_start] if pr.window_start < len(tt.starts) else len(tt.text)
-        far = far_header(tt.text[:a], tt.text[a:cursor - base], pr.prefix, self.tok,
-                         self.config.far_tokens) if a > 0 else ""
-        if not far:
-            return pr
-        self._far[doc] = far
-        return self.prompt_for(doc, text, cursor, header=far, start=pr.window_start)
+        far = far_header(tt.text[:a], tt.text[a:cursor - base], pr.prefix, self.tok, self.config.far_tokens)
+        if far:
+            self._far[doc] = far
+        return self.prompt_for(doc, text, cursor, header=far, start=pr.window_start) if far else pr
 
     def full_window_start(self, doc: str, cursor: int) -> int:
         tt = self.texts[doc]
