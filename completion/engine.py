@@ -290,7 +290,7 @@ class Engine:
             # was a gap after it (edit far above p50 349 vs 217 ms, replay 2026-12-05)
             forget = len(self.header_ids(doc, far))
             cap += forget
-        elif self.headers is not None and self._synced_header.get(doc, "") != self.headers.current(doc):
+        elif self._project_header_pending(doc):
             # a new project-context header goes in whole, in this step: capped with the
             # window, it left the cache a header and a sliver of the file, and the next
             # request re-encoded a short window (640 tokens; replay test split, 2026-12-05)
@@ -301,11 +301,14 @@ class Engine:
         st = self._sync(doc, pr, None, cancel_front=cancel, forget=forget)
         if far is not None:  # (after the sync: a cancelled step keeps it)
             self._far.pop(doc, None)
-        st.more = pr.window_start > self.full_window_start(doc, cursor) or (
-            self.headers is not None and self._synced_header.get(doc, "") != self.headers.current(doc))
+        st.more = pr.window_start > self.full_window_start(doc, cursor) or self._project_header_pending(doc)
         log.debug("prepare %s: %s, %d computed, %d moved, %.0f ms, prompt %d tokens%s", doc, st.mode,
                   st.computed, st.moved, st.ms, len(pr.tokens), ", more" if st.more else "")
         return st
+
+    def _project_header_pending(self, doc: str) -> bool:
+        """The cache lacks the document's current project-context header (`prepare` syncs it)."""
+        return self.headers is not None and self._synced_header.get(doc, "") != self.headers.current(doc)
 
     def _sync(self, doc: str, pr: Prompt, cancel: threading.Event | None, with_tail: bool = False,
               cancel_front: threading.Event | None = None, forget: int = 0) -> SyncStats:

@@ -23,6 +23,15 @@ def stdlib_source(rel: str) -> str:
     return (stdlib_dir() / rel).read_text(encoding="utf-8")
 
 
+def engine_without_clock(lm, **kw):
+    """An Engine without monitors whose first line is never cut by the wall clock (what it
+    decodes does not depend on this machine's speed); `kw` overrides EngineConfig fields."""
+    from draftline.completion.engine import Engine, EngineConfig
+
+    cfg = {"k": 3, "max_tokens": 48, "monitors": False, "first_line_ms": 600_000, **kw}
+    return Engine(lm, EngineConfig(**cfg))
+
+
 @pytest.fixture(scope="session")
 def default_model_dir() -> Path:
     """The real SmolLM2-135M, converted into the user cache (fetched on first use)."""

@@ -8,17 +8,12 @@ import dataclasses
 import pytest
 import torch
 
-from conftest import stdlib_source
+from conftest import engine_without_clock, stdlib_source
 
 BODY = "import os\n\n\ndef join_all(parts):\n    out = []\n    for p in parts:\n"
 
 
-def engine(lm, **kw):
-    from draftline.completion.engine import Engine, EngineConfig
-
-    cfg = dict(k=3, max_tokens=48, monitors=False, first_line_ms=600_000)  # no wall-clock cut
-    cfg.update(kw)
-    return Engine(lm, EngineConfig(**cfg))
+engine = engine_without_clock
 
 
 def _textwrap_and_far_edits() -> tuple[str, list[str]]:

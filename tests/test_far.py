@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import stdlib_source
+from conftest import engine_without_clock, stdlib_source
 
 DOC = "file:///far.py"
 
@@ -64,11 +64,7 @@ def test_the_header_search_is_bounded_in_a_huge_text(default_tokenizer):
 
 
 def engine(lm, **kw):
-    from draftline.completion.engine import Engine, EngineConfig
-
-    cfg = dict(k=1, max_tokens=2, monitors=False, first_line_ms=600_000, request_cap=96, backfill_step=64)
-    cfg.update(kw)
-    return Engine(lm, EngineConfig(**cfg))
+    return engine_without_clock(lm, **{"k": 1, "max_tokens": 2, "request_cap": 96, "backfill_step": 64, **kw})
 
 
 def test_a_short_window_reads_the_header_until_it_is_grown_back(tiny):

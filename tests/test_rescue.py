@@ -6,15 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import stdlib_source
+from conftest import engine_without_clock, stdlib_source
 
 
 def engine(lm, **kw):
-    from draftline.completion.engine import Engine, EngineConfig
-
-    cfg = dict(k=3, max_tokens=48, monitors=False, first_line_ms=600_000, ahead=False)
-    cfg.update(kw)
-    return Engine(lm, EngineConfig(**cfg))
+    return engine_without_clock(lm, **{"ahead": False, **kw})
 
 
 def test_the_first_word_after_the_healed_text_is_what_gets_ruled_out(default_model_dir):
