@@ -30,7 +30,7 @@ from .prompt import Prompt, build_prompt, heal_index, window_start
 from .rescue import BanGuide, first_choices
 from .stops import logical_line_ends, make_stop, whole_lines
 from .tokens import TokenizedText
-from .window import HUGE_CHARS, affordable, huge_window
+from .window import HUGE_CHARS, affordable, huge_window, sync_cost
 from .wire import common_affixes  # (the text diff the team wire uses too)
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class EngineConfig:
     # stops.  0 = no budget (bench/replay.py: what it buys)
     latency_budget_ms: int = 300
     # tokens a request may run through the model to sync its cache (a cold or far-moved
-    # window is shortened to afford it, and grown back in idle time by `prepare`).  832 vs
+    # window is shortened to afford it, and made whole in idle time by `prepare`).  832 vs
     # 640, side by side (replay dev split, 2026-12-05 05:12): first answer after opening
     # p50 1296 vs 1036 ms but edit similarity 0.56 vs 0.50 (0.60 vs 0.54 with the rest of
     # the file after the cursor), and an edit far above 1 s later 228 vs 354 ms: less to
@@ -68,7 +68,6 @@ class EngineConfig:
     first_line_ms: int = 600
     # the greedy draft's next tokens guessed per forward (completion.lookup), 0 = off
     speculate: int = 6
-    backfill_step: int = 384  # tokens per idle-time step that grows a short window back (~0.25 s, see kvcache.FRONT_CHUNK)
     ahead: bool = True  # keep answers and continue them in idle time (completion.ahead)
     # context from the rest of the project before the file's text (completion.context);
     # off by default: see bench/replay.py --init '{"projectContext": true}' for what it gives
@@ -87,6 +86,12 @@ GROW_SLACK = 32
 #: a cached window shorter than this is not worth keeping short: the request encodes up to
 #: `request_cap` tokens instead
 MIN_CONTEXT = 256
+#: a cursor whose window holds this many tokens fewer than the cache's last one moved (a jump
+#: up, a deletion): it is answered as a far-moved cursor, not from what is left of the window
+JUMP_TOKENS = 64
+#: an idle-time sync that would run more tokens than this encodes the window anew instead
+#: (`Engine.prepare`): a splice that long is mostly stale keys behind it, refreshed later anyway
+REBUILD_TOKENS = 384
 
 
 @dataclass(frozen=True)
@@ -115,7 +120,7 @@ class Result:
     timings: dict = field(default_factory=dict)  # ms: sync, decode, first_token, total
     tokens: dict = field(default_factory=dict)  # prompt, generated, stale, computed
     sync: SyncStats | None = None
-    short_window: bool = False  # the prompt started later than the full window (grow it when idle)
+    short_window: bool = False  # the prompt started later than the full window (made whole when idle)
     ahead_pending: bool = False  # `Engine.continue_ahead(doc)` has drafts to continue
 
     def to_json(self) -> dict:
@@ -145,6 +150,7 @@ class Engine:
         self._header_ids: dict[str, tuple[str, list[int]]] = {}
         self._synced_header: dict[str, str] = {}  # the header each document's cache was last synced with
         self._far: dict[str, str] = {}  # a short window's header of the file's own lines (completion.far)
+        self._held: dict[str, int] = {}  # the window (document tokens) each cache last synced to
 
     def warm_up(self) -> float:
         """Run each forward shape a request uses once (a prefill chunk, a sync's rows, a
@@ -196,6 +202,7 @@ class Engine:
         self.bases.pop(doc, None)
         self._header_ids.pop(doc, None)
         self._synced_header.pop(doc, None)
+        self._held.pop(doc, None)
         self._far.pop(doc, None)
         if self.headers is not None:
             self.headers.drop(doc)
@@ -250,10 +257,15 @@ class Engine:
         """A request's prompt: the full window if the cache nearly has it; else the window
         the cache already holds (grown by at most GROW_SLACK tokens: a keystroke never pays
         for growing it, `prepare` does that when idle) if it has MIN_CONTEXT tokens; else a
-        window of at most `request_cap` new tokens (a cold or far-moved cursor)."""
+        window of at most `request_cap` new tokens (a cold or far-moved cursor, or one that
+        left most of the window behind it: JUMP_TOKENS)."""
         near = self.prompt_for(doc, text, cursor, cap=GROW_SLACK, header=header)
-        if near.body_end - near.window_start >= min(MIN_CONTEXT, near.body_end):
+        body = near.body_end - near.window_start
+        if body >= min(MIN_CONTEXT, near.body_end) and (
+                body + JUMP_TOKENS >= self._held.get(doc, 0) or near.window_start <= self.full_window_start(doc, cursor)):
             return near
+        # (a cursor that jumped up inside the window kept what of it was above: 270-815 tokens
+        # on 5 of 48 jumps, edit similarity 0.42 lower than the whole window's; replay 2026-12-05)
         # cold or far moved: the tokens nearest the cursor, without the project context (it comes
         # back with the window, in idle time), after the file's lines most like the cursor's (`far`)
         cap = self.config.request_cap + CAP_SLACK
@@ -275,31 +287,26 @@ class Engine:
         return window_start(heal_index(tt, cursor - self.bases.get(doc, 0), cfg.token_healing), room)
 
     def prepare(self, doc: str, text: str, cursor: int, cancel: threading.Event | None = None) -> SyncStats:
-        """Sync the document's cache for a cursor (the idle-time work after an edit, or one
-        step of growing a short window back: at most `backfill_step` tokens per call).  A
-        cancel stops it only where nothing the cache held is lost (`DocCache.sync`'s
-        `cancel_front`): between the chunks of a step's front, so a request waits for one
-        chunk (`FRONT_CHUNK`, ~70 ms), not the step (~0.25 s).  `SyncStats.more`: call again."""
-        cap = self.config.backfill_step + CAP_SLACK
-        forget = 0
-        far = self._far.get(doc)
-        if far is not None:
-            # the first step drops the short window's header (`completion.far`), not
-            # matched inside the new front (`forget`), and grows the window by its length
-            # more: one front, cancellable between chunks.  Kept to the last step, every step
-            # was a gap after it (edit far above p50 349 vs 217 ms, replay 2026-12-05)
-            forget = len(self.header_ids(doc, far))
-            cap += forget
-        elif self._project_header_pending(doc):
-            # a new project-context header goes in whole, in this step: capped with the
-            # window, it left the cache a header and a sliver of the file, and the next
-            # request re-encoded a short window (640 tokens; replay test split, 2026-12-05)
-            cap += len(self.header_ids(doc, None))
-        pr = self.prompt_for(doc, text, cursor, cap=cap, header="" if far is not None else None)
+        """Sync the document's cache for a cursor in idle time.  After an edit: PIE's splice
+        (`DocCache.sync`).  A short window (a cold or far-moved cursor's, `request_prompt`)
+        or an edit that costs more than REBUILD_TOKENS: the full window encoded anew, exactly
+        (`DocCache.rebuild`), its short-window header (`completion.far`) gone.  Nothing
+        cached yet (a document opened and not asked about): first the `request_cap` tokens
+        nearest the cursor, as a request would, so one arriving meanwhile finds them.  A
+        cancel stops it only where nothing the cache held is lost: between chunks (FRONT_CHUNK, ~70-100 ms),
+        the work done kept for the next call.  `SyncStats.more`: call again."""
+        cache = self.caches.get(doc)
+        if not cache.tokens and self.config.latency_budget_ms > 0:
+            pr = self.prompt_for(doc, text, cursor, cap=self.config.request_cap + CAP_SLACK, header="")
+        else:
+            pr = self.prompt_for(doc, text, cursor, header=self.headers.current(doc) if self.headers is not None else "")
         if cancel is not None and cancel.is_set():
             raise Cancelled()
-        st = self._sync(doc, pr, None, cancel_front=cancel, forget=forget)
-        if far is not None:  # (after the sync: a cancelled step keeps it)
+        body = pr.body_end - pr.window_start
+        rebuild = bool(cache.tokens) and (doc in self._far or self._held.get(doc, 0) + GROW_SLACK < body
+                                          or sync_cost(cache.tokens, pr.tokens) > REBUILD_TOKENS)
+        st = self._sync(doc, pr, None, cancel_front=cancel, rebuild=rebuild)
+        if rebuild:
             self._far.pop(doc, None)
         st.more = pr.window_start > self.full_window_start(doc, cursor) or self._project_header_pending(doc)
         log.debug("prepare %s: %s, %d computed, %d moved, %.0f ms, prompt %d tokens%s", doc, st.mode,
@@ -311,14 +318,19 @@ class Engine:
         return self.headers is not None and self._synced_header.get(doc, "") != self.headers.current(doc)
 
     def _sync(self, doc: str, pr: Prompt, cancel: threading.Event | None, with_tail: bool = False,
-              cancel_front: threading.Event | None = None, forget: int = 0) -> SyncStats:
+              cancel_front: threading.Event | None = None, rebuild: bool = False) -> SyncStats:
         """Sync the cache to the prompt (all but its last token); `with_tail`: a request
-        follows, so the last token rides along in the sync's forward when it runs one."""
+        follows, so the last token rides along in the sync's forward when it runs one;
+        `rebuild`: encode it anew (`DocCache.rebuild`, cancelled by `cancel_front`)."""
         cache = self.caches.get(doc)
-        st = cache.sync(pr.tokens[:-1], mode="pie" if self.config.pie else "full", cancel=cancel,
-                        extra=self.config.max_tokens * self.config.k + 1,
-                        tail=pr.tokens[-1] if with_tail else None, cancel_front=cancel_front, forget=forget)
+        extra = self.config.max_tokens * self.config.k + 1
+        if rebuild:
+            st = cache.rebuild(pr.tokens[:-1], cancel_front, extra=extra)
+        else:
+            st = cache.sync(pr.tokens[:-1], mode="pie" if self.config.pie else "full", cancel=cancel, extra=extra,
+                            tail=pr.tokens[-1] if with_tail else None, cancel_front=cancel_front)
         self._synced_header[doc] = pr.header
+        self._held[doc] = pr.body_end - pr.window_start
         self.caches.enforce(keep=doc)
         return st
 
@@ -453,17 +465,17 @@ class Engine:
     # -- answers ahead of the user (completion.ahead) ---------------------------------------
     def reanswer(self, doc: str, text: str, cursor: int, cancel: threading.Event | None = None,
                  context: DocContext | None = None) -> Result | None:
-        """Idle time once a short window has grown back: the last request's place answered
+        """Idle time once a short window is whole again: the last request's place answered
         again from the full window, and kept.  Why: the next request there after an edit
         elsewhere is then a `reverify` (one tree forward, ~60 ms) instead of a decode: in
         the replay (r5, 2026-12-05) edit_far spent 70-1030 ms decoding after a 50-90 ms
         sync, because its kept answer came from the open's 640-token window and a prompt
         that much longer changes the answer (`PROMPT_DRIFT`).  The drafts a typed-ahead
         lookup serves come from the full window too.  None: nothing to do (no answer at
-        this place, the window not grown yet, or the kept answer already from about it).
-        Also once the exact refresh has run, for an answer decoded on the stale cache the
-        growth leaves: the demo's re-answer said `list` there, `str` after the refresh, and
-        the next edit's re-verification rejected it."""
+        this place, the window not whole yet, or the kept answer already from about it).
+        Also once the exact refresh has run, for an answer decoded on a stale cache: when the
+        window was still grown at its front (stale behind it) the demo's re-answer said
+        `list` there, `str` after the refresh, and the next edit's re-verification rejected it."""
         if not self.config.ahead or doc not in self.texts:
             return None
         pr = self.prompt_for(doc, text, cursor)

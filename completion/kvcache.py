@@ -254,7 +254,7 @@ class DocCache:
 
     def sync(self, new: list[int], mode: str = "pie", cancel: threading.Event | None = None,
              widen_by: int = 1, extra: int = 0, tail: int | None = None,
-             cancel_front: threading.Event | None = None, forget: int = 0) -> SyncStats:
+             cancel_front: threading.Event | None = None) -> SyncStats:
         """Make the cache hold `new` (see module doc). mode: "pie", "conflict-fast", "full".
 
         On cancellation between chunks the cache stays consistent: it then holds a prefix of
@@ -269,9 +269,6 @@ class DocCache:
         `tail`: the token a decode will feed next (the prompt's last); when the sync runs a
         forward anyway it also runs the tail at slot len(new) (scratch, as for a decode)
         and returns its logits in `SyncStats.tail_logits`.
-        `forget`: the first this many cached tokens are not reused (a short window's header
-        being dropped, `completion.far`: its snippets are file lines, and matched inside the
-        new front they split it into pieces, only the first of them cancellable).
         """
         t0 = time.perf_counter()
         with self.lock:
@@ -284,7 +281,7 @@ class DocCache:
                 cancel = cancel or cancel_front
             if mode == "full":
                 return self._recompute_from(0, new, t0, "full", cancel, tl)
-            blocks = plan_blocks([-1] * forget + old[forget:] if forget else old, new)
+            blocks = plan_blocks(old, new)
             if mode == "pie" and not self.net.rope.shiftable:
                 # length-dependent rope: only an untouched prefix is reusable exactly
                 p = blocks[0].size if blocks and blocks[0].old == 0 and blocks[0].new == 0 else 0
@@ -406,10 +403,10 @@ class DocCache:
         """K/V of the tokens `ids` at slots/positions [0, len(ids)) attending only to each
         other, in scratch tensors, in chunks with a cancel check before each.  A cancel
         keeps what is done (`_front`): the next sync whose front starts with those tokens
-        resumes there.  Why: growing a short window back is a front of `backfill_step`
-        tokens per idle-time step; encoded in place after the moves it could not stop (the cache would
-        lose the window it held), and the replay's edit-far requests queued 63-150 ms
-        behind such a step (2026-12-05 08:40)."""
+        resumes there.  Why: a window encoded anew in idle time (`rebuild`), or a front
+        a request's sync adds, encoded in place could not stop (the cache would lose the
+        window it held), and the replay's edit-far requests queued 63-150 ms behind such
+        work (2026-12-05 08:40)."""
         n = len(ids)
         saved, self._front = self._front, None
         done = 0
@@ -434,6 +431,35 @@ class DocCache:
                              logits_rows=None)
             i = j
         return k, v
+
+    def rebuild(self, new: list[int], cancel: threading.Event | None = None, extra: int = 0) -> SyncStats:
+        """Make the cache hold `new` encoded from scratch, exactly: apart, in chunks of
+        FRONT_CHUNK with a cancel check before each (`_encode_front`: a cancel leaves the
+        cache as it was and keeps the work for the next call), then put in place.
+
+        Why: a short window grown back at its front (a gap the new tokens fill attending
+        only to each other) leaves every token it held computed without that front, and the
+        exact refresh of those took longer than encoding the whole window again: ~0.7 s of
+        growth then ~2-3 s of refresh, against ~1.8 s here for 2k tokens (2026-12-05).
+        Meanwhile the cache keeps the short window it answered from, exact."""
+        t0 = time.perf_counter()
+        with self.lock:
+            old = self.tokens
+            if old == new and self.exact == len(new):
+                return SyncStats("noop", kept=len(new), stale=0)
+            f = self._front
+            resumed = 0
+            if f is not None:
+                while resumed < min(len(f[0]), len(new)) and f[0][resumed] == new[resumed]:
+                    resumed += 1
+            k, v = self._encode_front(new, cancel, FRONT_CHUNK)
+            n = len(new)
+            self.reserve(n + extra)
+            self.k[:, :, :n] = k[:, :, :n]
+            self.v[:, :, :n] = v[:, :, :n]
+            self.tokens, self.exact = list(new), n
+            return SyncStats("rebuild", computed=n - resumed, dropped=len(old),
+                             ms=(time.perf_counter() - t0) * 1000, stale=0)
 
     def refresh(self, cancel: threading.Event | None = None) -> int:
         """Re-encode the stale tail exactly, chunk by chunk; returns tokens recomputed.

@@ -47,7 +47,7 @@ class Settings:
     # (the first line comes whole) and analyses stop waiting (0 = no budget)
     latency_budget_ms: int = 300
     # tokens a request may encode for a cold or far-moved cursor (the rest of the window
-    # is grown back in idle time): the first answer after opening waits for them
+    # is encoded in idle time): the first answer after opening waits for them
     request_cap: int = 832  # (completion.engine.EngineConfig: why 832)
     # tokens of the file's own lines from above such a short window, most like the
     # cursor's, put before it until the window is grown (completion.far; 0 = off)

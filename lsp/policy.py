@@ -13,7 +13,7 @@ text in front of them) is re-encoded exactly when the editor has been idle for
 `idleRefreshMs`, or 250 ms after the last answer when more than `staleLimit` tokens are
 stale; a request for one document pushes the other documents' refreshes back to idle
 time.  Right after an answer, its drafts are continued (`ahead`) while the user reads
-them; once a short window has grown back, the last request's place is answered again
+them; once a short window is whole again, the last request's place is answered again
 from the whole window (`reanswer`, also an `ahead` job); an edit that types what they predicted keeps that going, any other edit cancels
 it.  An accepted draft's follow-up is computed at once unless the continuation already
 knows it (`prefetch_after_accept`).
@@ -93,8 +93,8 @@ class CachePolicy:
         return None
 
     def after_answer(self, uri: str, res: Any) -> None:
-        """An engine answer went out: continue its drafts, grow its window, or arm the refresh."""
-        # an answer from a short window is answered again once the window has grown back
+        """An engine answer went out: continue its drafts, make its window whole, or arm the refresh."""
+        # an answer from a short window is answered again once the window is whole
         # (`reanswer`), and that answer is continued: continuing this one too put ~200 ms
         # before the window's growth, and the re-answer came after the replay's next edit
         if getattr(res, "ahead_pending", False) and not getattr(res, "short_window", False):
@@ -103,7 +103,7 @@ class CachePolicy:
             self.update_header(uri)
         if getattr(res, "short_window", False):
             self._short.add(uri)  # answered again once the window is whole (`reanswer`)
-            self.schedule_prepare(uri, delay=0)  # grow the window back, a step at a time
+            self.schedule_prepare(uri, delay=0)  # the whole window, encoded anew (`Engine.prepare`)
         else:
             self._after_prepare(uri)
 
@@ -156,7 +156,7 @@ class CachePolicy:
             if f.exception() is not None:
                 self._preparing.pop(uri, None)
                 return
-            if getattr(f.result(), "more", False):  # a short window: grow it one more step
+            if getattr(f.result(), "more", False):  # not whole yet: one more step
                 self._prepare_now(uri)
             else:
                 self._preparing.pop(uri, None)

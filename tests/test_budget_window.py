@@ -1,14 +1,15 @@
 """A request answers inside its budget (issue 14): the first line first, a short window for a
-cold or far-moved cursor grown back in idle time, answers ahead of the user."""
+cold or far-moved cursor made whole in idle time, answers ahead of the user."""
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import pytest
 import torch
-
 from conftest import engine_without_clock, stdlib_source
+from draftline.completion.kvcache import Cancelled
 
 BODY = "import os\n\n\ndef join_all(parts):\n    out = []\n    for p in parts:\n"
 
@@ -28,27 +29,18 @@ def _textwrap_and_far_edits() -> tuple[str, list[str]]:
 
 # -- the window a request can afford --------------------------------------------------------------
 def test_a_cold_request_encodes_at_most_its_cap_nearest_the_cursor(tiny):
-    eng = engine(tiny, k=1, max_tokens=2, request_cap=96, backfill_step=64, far_tokens=0)  # (the header: test_far.py)
+    eng = engine(tiny, k=1, max_tokens=2, request_cap=96, far_tokens=0)  # (the header: test_far.py)
     src = stdlib_source("textwrap.py")[:6000]
     res = eng.complete("file:///w.py", src, len(src))
     assert res.short_window and res.tokens["computed"] <= 96 + 2
     full = eng.prompt_for("file:///w.py", src, len(src))
     assert res.tokens["prompt"] < len(full.tokens)
-    # idle-time steps grow the window back to the full one, at most a step's tokens each
-    steps = 0
-    while True:
-        st = eng.prepare("file:///w.py", src, len(src))
-        steps += 1
-        assert st.computed <= 64 + 2
-        if not st.more:
-            break
-    assert steps > 3
+    # idle time encodes the full window anew, in one call: exactly the no-budget K/V, nothing
+    # stale (growing it at its front left every token it held stale, to be refreshed)
+    st = eng.prepare("file:///w.py", src, len(src))
+    assert st.mode == "rebuild" and not st.more
     cache = eng.cache_of("file:///w.py")
-    assert cache.tokens == full.tokens[:-1]
-    # the front was encoded last, so the rest is stale; the exact refresh makes it the full
-    # re-encode's K/V
-    assert cache.stale > 0
-    eng.refresh("file:///w.py")
+    assert cache.tokens == full.tokens[:-1] and cache.stale == 0
     ref = engine(tiny, k=1, max_tokens=2, latency_budget_ms=0)
     ref.complete("file:///w.py", src, len(src))  # no budget: the whole window at once
     n = len(full.tokens) - 1
@@ -56,10 +48,14 @@ def test_a_cold_request_encodes_at_most_its_cap_nearest_the_cursor(tiny):
     assert rc.tokens == cache.tokens
     assert torch.allclose(cache.k[:, :, :n], rc.k[:, :, :n], atol=1e-4)
     assert torch.allclose(cache.v[:, :, :n], rc.v[:, :, :n], atol=1e-4)
+    # an edit afterwards is PIE's splice again, not a rebuild
+    at = src.index("class TextWrapper")
+    edited = src[:at] + "\n" + src[at:]
+    assert eng.prepare("file:///w.py", edited, len(edited)).mode == "pie"
 
 
 def test_a_warm_request_never_pays_to_grow_a_short_window(tiny):
-    eng = engine(tiny, k=1, max_tokens=2, request_cap=320, backfill_step=64)
+    eng = engine(tiny, k=1, max_tokens=2, request_cap=320)
     src = stdlib_source("textwrap.py")[:8000]
     eng.complete("file:///g.py", src, len(src))  # cold: a short window of ~320 tokens
     text = src + "x"  # a keystroke
@@ -67,11 +63,36 @@ def test_a_warm_request_never_pays_to_grow_a_short_window(tiny):
     assert res.short_window and res.tokens["computed"] <= 8
 
 
+def test_a_cursor_that_jumped_up_inside_the_window_does_not_answer_from_what_was_above_it(tiny):
+    """A jump up leaves the cache the window above the new cursor: the request encodes up to
+    its cap more in front of it instead of answering from that remnant, and a keystroke
+    after that costs nothing again."""
+    from draftline.completion.engine import GROW_SLACK, MIN_CONTEXT
+
+    eng = engine(tiny, k=1, max_tokens=2, request_cap=256, far_tokens=0)
+    text, _ = _textwrap_and_far_edits()
+    doc = "file:///j.py"
+    eng.complete(doc, text, len(text))
+    while eng.prepare(doc, text, len(text)).more:
+        pass
+    up = len(text)
+    for _ in range(30):  # 30 lines up
+        up = text.rindex("\n", 0, up - 1) + 1
+    near = eng.prompt_for(doc, text, up, cap=GROW_SLACK)
+    assert near.body_end - near.window_start >= MIN_CONTEXT  # enough for the keystroke rule alone
+    res = eng.complete(doc, text, up)
+    assert 64 < res.tokens["computed"] <= 256 + 8
+    assert res.tokens["prompt"] > len(near.tokens) + 64
+    typed = text[:up] + "d" + text[up:]
+    res = eng.complete(doc, typed, up + 1)
+    assert res.tokens["computed"] <= 8
+
+
 # -- the first line first --------------------------------------------------------------------------
 @pytest.mark.real_model
 def test_past_the_deadline_drafts_end_after_their_first_logical_line(default_model):
-    from draftline.completion.stops import logical_line_ends
     from draftline.completion.guides import make_trim
+    from draftline.completion.stops import logical_line_ends
 
     text = BODY
     slow = engine(default_model, latency_budget_ms=0, ahead=False)
@@ -240,13 +261,16 @@ def test_a_continuation_stopped_mid_way_is_kept_only_as_far_as_it_parses(tiny, m
 
 
 def test_no_reanswer_where_nothing_was_asked_or_the_window_is_short(tiny):
-    eng = engine(tiny, k=1, max_tokens=2, request_cap=96, backfill_step=64)
+    eng = engine(tiny, k=1, max_tokens=2, request_cap=96)
     src = stdlib_source("textwrap.py")[:6000]
     assert eng.reanswer("file:///n.py", src, len(src)) is None  # unknown document
     eng.complete("file:///n.py", src, len(src))  # a short window
     assert eng.reanswer("file:///n.py", src, len(src)) is None  # not grown back yet: nothing to do
-    eng.prepare("file:///n.py", src, len(src))
-    assert eng.reanswer("file:///n.py", src, len(src)) is None  # one step is not the whole window
+    ev = threading.Event()
+    ev.set()
+    with pytest.raises(Cancelled):
+        eng.prepare("file:///n.py", src, len(src), ev)  # a request came at once: nothing changed
+    assert eng.reanswer("file:///n.py", src, len(src)) is None
     while eng.prepare("file:///n.py", src, len(src)).more:
         pass
     other = src.rindex("\n", 0, len(src) - 3000)
@@ -284,19 +308,22 @@ def test_an_answer_its_deadline_cut_after_one_line_is_reverified_with_time_left(
 
 
 def test_an_answer_from_the_stale_cache_is_answered_again_after_the_exact_refresh(tiny):
-    """The growth leaves stale keys (the front encoded last); an answer decoded on them is
+    """An edit far above leaves stale keys behind it (PIE); an answer decoded on them is
     answered again once the exact refresh has run, once."""
-    eng = engine(tiny, k=1, max_tokens=2, request_cap=96, backfill_step=64)
+    eng = engine(tiny, k=1, max_tokens=2, request_cap=96)
     src = stdlib_source("textwrap.py")[:6000]
     eng.complete("file:///s.py", src, len(src))  # a short window
     while eng.prepare("file:///s.py", src, len(src)).more:
         pass
-    assert eng.cache_of("file:///s.py").stale > 0
-    assert eng.reanswer("file:///s.py", src, len(src)) is not None  # the whole window, still stale
-    assert eng.reanswer("file:///s.py", src, len(src)) is None
+    assert eng.reanswer("file:///s.py", src, len(src)) is not None  # the whole window, exact
+    at = src.index("class TextWrapper")
+    edited = src[:at] + "# a comment the user added\n" + src[at:]
+    res = eng.complete("file:///s.py", edited, len(edited))
+    assert res.tokens["stale"] > 0
+    assert eng.reanswer("file:///s.py", edited, len(edited)) is None  # nothing new to say yet
     assert eng.refresh("file:///s.py") > 0 and eng.cache_of("file:///s.py").stale == 0
-    assert eng.reanswer("file:///s.py", src, len(src)) is not None  # exact now: answered again
-    assert eng.reanswer("file:///s.py", src, len(src)) is None  # once
+    assert eng.reanswer("file:///s.py", edited, len(edited)) is not None  # exact now: answered again
+    assert eng.reanswer("file:///s.py", edited, len(edited)) is None  # once
 
 
 def test_a_reverified_answer_feeds_each_shared_prefix_once(tiny, monkeypatch):

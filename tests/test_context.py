@@ -154,14 +154,13 @@ def test_the_header_is_chosen_in_idle_time_not_on_the_request(tiny, tmp_path):
     assert r1.tokens["prompt"] >= r0.tokens["prompt"] + header - 2
 
 
-def test_a_header_larger_than_a_backfill_step_goes_in_whole_and_keeps_the_file(tiny):
-    """A new header of more tokens than one idle-time step (`backfill_step`) is synced in one
-    step with the file's tokens kept behind it; capped like a window step, it left a header
-    and a sliver of the file, and the next request re-encoded a short window."""
+def test_a_new_header_goes_in_whole_and_keeps_the_file(tiny):
+    """A new header is synced in one idle-time step with the file's tokens kept behind it;
+    capped like a window step (64 tokens here), it left a header and a sliver of the file,
+    and the next request re-encoded a short window."""
     from draftline.completion.engine import DocContext, Engine, EngineConfig
 
-    eng = Engine(tiny, EngineConfig(k=1, max_tokens=2, latency_budget_ms=0, project_context=True, monitors=False,
-                                    backfill_step=64))
+    eng = Engine(tiny, EngineConfig(k=1, max_tokens=2, latency_budget_ms=0, project_context=True, monitors=False))
 
     eng.headers = FixedHeaders("")
     src = stdlib_source("textwrap.py")[:6000]

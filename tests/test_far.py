@@ -64,7 +64,7 @@ def test_the_header_search_is_bounded_in_a_huge_text(default_tokenizer):
 
 
 def engine(lm, **kw):
-    return engine_without_clock(lm, **{"k": 1, "max_tokens": 2, "request_cap": 96, "backfill_step": 64, **kw})
+    return engine_without_clock(lm, **{"k": 1, "max_tokens": 2, "request_cap": 96, **kw})
 
 
 def test_a_short_window_reads_the_header_until_it_is_grown_back(tiny):

@@ -6,9 +6,10 @@ import threading
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st, HealthCheck
-
+from conftest import ForwardCounter
 from draftline.completion.kvcache import Cancelled, DocCache, plan_blocks
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 
 def fresh(net, tokens):
@@ -230,23 +231,31 @@ def test_the_tail_comes_with_a_sync_whose_only_gap_is_a_front(tiny):
     assert st_.tail_logits is not None and torch.allclose(st_.tail_logits, z, atol=1e-4)
 
 
-def test_a_dropped_header_is_not_matched_inside_the_new_front(tiny):
-    """A short window's header (`completion.far`) is file lines: the step that drops it grows
-    the window by a front that holds those lines too.  Matched there, the header split the
-    front into pieces and only the first was encoded apart (cancellable); with `forget` the
-    whole front is one, so a request arriving meanwhile stops it and the cache is untouched."""
+def test_a_rebuild_is_exact_and_a_cancel_leaves_the_cache_as_it_was(tiny):
+    """`rebuild` (a short window grown back in idle time) encodes the new prompt apart:
+    a request arriving mid-way stops it between chunks with the cache still holding the
+    window it answered from, the next call resumes from the chunks done, and the result is
+    a fresh encode's K/V, not PIE's stale ones."""
+    from draftline.completion.kvcache import FRONT_CHUNK
+
     header = list(range(700, 760))
-    window = list(range(3000, 3200))
-    front = list(range(500, 560)) + header + list(range(600, 700))  # the header's lines inside it
-    new = front + window
+    window = list(range(3000, 3300))
+    new = list(range(500, 900)) + window  # the window grown at its front, the header gone
     c = fresh(tiny.net, header + window)
-    st_ = c.sync(new)  # matched inside the front: the front is two gaps around it
-    assert c.tokens == new and st_.computed < len(front)
-    c = fresh(tiny.net, header + window)
-    ev = threading.Event()
-    ev.set()  # a request is waiting
-    with pytest.raises(Cancelled):
-        c.sync(new, cancel_front=ev, forget=len(header))
-    assert c.tokens == header + window  # stopped before anything moved
-    st_ = c.sync(new, cancel_front=threading.Event(), forget=len(header))
-    assert c.tokens == new and st_.computed >= len(front)
+    k0 = c.k[:, :, :len(header + window)].clone()
+    with ForwardCounter(tiny.net, trigger=2) as fc, pytest.raises(Cancelled):  # a request comes in chunk 2
+        c.rebuild(new, cancel=fc.cancel)
+    assert fc.started_after_cancel == 0
+    assert c.tokens == header + window and c.stale == 0
+    assert torch.equal(c.k[:, :, :len(header + window)], k0)  # untouched
+    st_ = c.rebuild(new, cancel=threading.Event())
+    assert st_.computed == len(new) - 2 * FRONT_CHUNK  # two chunks were done
+    assert c.tokens == new and c.stale == 0
+    ref = fresh(tiny.net, new)
+    n = len(new)
+    assert torch.allclose(c.k[:, :, :n], ref.k[:, :, :n], atol=1e-4)
+    assert torch.allclose(c.v[:, :, :n], ref.v[:, :, :n], atol=1e-4)
+    # PIE's splice of the same front leaves the window's keys computed without it: stale
+    pie = fresh(tiny.net, header + window)
+    pie.sync(new)
+    assert pie.stale > 0 and not torch.allclose(pie.v[:, :, :n], ref.v[:, :, :n], atol=1e-4)

@@ -32,34 +32,32 @@ def engine(default_model):
 
 # -- P4 ---------------------------------------------------------------------------------------
 def test_cancel_during_prefill_stops_within_one_chunk_and_keeps_its_work(engine):
-    """A cold document is prefilled in idle-time steps of `backfill_step` tokens nearest the
-    cursor first; a step's front is encoded apart, in chunks of FRONT_CHUNK, before the cache
-    changes.  A cancel stops it before the next chunk, the cache keeps the window it held
-    (a step is never left half done), and the next step resumes from the chunks done."""
+    """A cold document is prefilled in idle time: first the `request_cap` tokens nearest the
+    cursor (what a request would encode), then the whole window encoded anew apart, in
+    chunks of FRONT_CHUNK, before the cache changes.  A cancel stops it before the next
+    chunk, the cache keeps the window it held, and the next call resumes from the chunks
+    done; the result is exact."""
     from draftline.completion.engine import Engine, EngineConfig
     from draftline.completion.kvcache import FRONT_CHUNK
 
-    # with the default request budget; steps of 192 tokens: the first one forward (CHUNK),
-    # the second's front two chunks (FRONT_CHUNK, 128)
-    engine = Engine(engine.lm, EngineConfig(k=3, max_tokens=48, backfill_step=192))
-    src = stdlib_source("textwrap.py")[:4000]  # ~900 tokens: several steps
+    engine = Engine(engine.lm, EngineConfig(k=3, max_tokens=48, request_cap=192))
+    src = stdlib_source("textwrap.py")[:4000]  # ~900 tokens
     doc = "file:///p4-prefill.py"
-    step = engine.config.backfill_step
-    with ForwardCounter(engine.net, trigger=2) as fc:  # a request arrives in step 2's first chunk
-        with pytest.raises(Cancelled):
-            while engine.prepare(doc, src, len(src), fc.cancel).more:
-                pass
-    assert fc.at_set == 2
-    assert fc.started_after_cancel == 0  # the chunk in flight finished; no other started
+    st = engine.prepare(doc, src, len(src))
+    assert st.more and 0 < st.computed <= 192 + 4
     cache = engine.cache_of(doc)
     first = list(cache.tokens)
-    assert 0 < len(first) <= step + 2  # the first step, whole; the second left no trace in it
-    # the next step encodes only what the cancelled one had not
+    with ForwardCounter(engine.net, trigger=2) as fc, pytest.raises(Cancelled):  # a request comes in chunk 2
+        engine.prepare(doc, src, len(src), fc.cancel)
+    assert fc.at_set == 2
+    assert fc.started_after_cancel == 0  # the chunk in flight finished; no other started
+    assert cache.tokens == first and cache.stale == 0  # the window it held, untouched
+    # the next call encodes only what the cancelled one had not
     with ForwardCounter(engine.net) as fc:
         st = engine.prepare(doc, src, len(src))
-    assert st.computed > FRONT_CHUNK
-    assert sum(s[0] for s in fc.shapes) == st.computed - FRONT_CHUNK
-    assert cache.tokens[-len(first):] == first  # grown at the front, the window it held kept
+    assert st.mode == "rebuild" and not st.more
+    assert st.computed == len(cache.tokens) - 2 * FRONT_CHUNK == sum(s[0] for s in fc.shapes)
+    assert cache.tokens[-len(first) + 2:] == first[2:] and cache.stale == 0
     # the cache stays consistent: the next request answers from it, computing almost nothing
     res = engine.complete(doc, src, len(src), max_tokens=4)
     assert res.tokens["prompt"] >= len(cache.tokens) and res.tokens["computed"] < 32
