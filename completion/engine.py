@@ -60,7 +60,7 @@ class EngineConfig:
     # 640, side by side (replay dev split, 2026-12-05 05:12): first answer after opening
     # p50 1296 vs 1036 ms but edit similarity 0.56 vs 0.50 (0.60 vs 0.54 with the rest of
     # the file after the cursor), and an edit far above 1 s later 228 vs 354 ms: less to
-    # grow back, so the place is answered again from the whole window before the edit
+    # encode later, so the place was answered again from the whole window before the edit
     request_cap: int = 832
     # the longest a request decodes a first line for (~30 tokens here); past it the line
     # stops where it is (a slow sync does not eat this time: it counts from the decode's
@@ -81,14 +81,15 @@ class EngineConfig:
 RESCUE_S = 0.15
 #: the sync recomputes a token or two next to each gap (kvcache.widen): counted on top of a cap
 CAP_SLACK = 4
-#: tokens a request may add to the window its cache holds (a short window is grown when idle)
+#: tokens a request may add to the window its cache holds (a short window is made whole when idle)
 GROW_SLACK = 32
 #: a cached window shorter than this is not worth keeping short: the request encodes up to
 #: `request_cap` tokens instead
 MIN_CONTEXT = 256
-#: a cursor whose window holds this many tokens fewer than the cache's last one moved (a jump
-#: up, a deletion): it is answered as a far-moved cursor, not from what is left of the window
+#: a cursor whose window holds this many tokens fewer than the cache's last one, with this many
+#: characters more after it, jumped up: answered as a far-moved cursor (`Engine._jumped`)
 JUMP_TOKENS = 64
+JUMP_CHARS = 64
 #: an idle-time sync that would run more tokens than this encodes the window anew instead
 #: (`Engine.prepare`): a splice that long is mostly stale keys behind it, refreshed later anyway
 REBUILD_TOKENS = 384
@@ -127,6 +128,15 @@ class Result:
         return {"drafts": [asdict(d) for d in self.drafts], "timings_ms": self.timings, "tokens": self.tokens}
 
 
+@dataclass(frozen=True)
+class Held:
+    """The window a document's cache last synced to (`Engine._sync`)."""
+
+    body: int  # document tokens in it
+    tail: int  # characters after its cursor (a cursor that moved up has more; a deletion before it, as many)
+    short: bool  # it started later than the full window (`prepare` encodes the whole one)
+
+
 class Engine:
     def __init__(self, lm: LoadedModel, config: EngineConfig | None = None):
         self.lm = lm
@@ -150,7 +160,7 @@ class Engine:
         self._header_ids: dict[str, tuple[str, list[int]]] = {}
         self._synced_header: dict[str, str] = {}  # the header each document's cache was last synced with
         self._far: dict[str, str] = {}  # a short window's header of the file's own lines (completion.far)
-        self._held: dict[str, int] = {}  # the window (document tokens) each cache last synced to
+        self._held: dict[str, Held] = {}  # the window each cache last synced to
 
     def warm_up(self) -> float:
         """Run each forward shape a request uses once (a prefill chunk, a sync's rows, a
@@ -215,6 +225,8 @@ class Engine:
         import gc
 
         freed = self.caches.clear()
+        for doc in set(self._held) | set(self._far) | set(self._synced_header):
+            self._forget_cache(doc)
         gc.collect()
         return freed
 
@@ -258,14 +270,11 @@ class Engine:
         the cache already holds (grown by at most GROW_SLACK tokens: a keystroke never pays
         for growing it, `prepare` does that when idle) if it has MIN_CONTEXT tokens; else a
         window of at most `request_cap` new tokens (a cold or far-moved cursor, or one that
-        left most of the window behind it: JUMP_TOKENS)."""
+        jumped up and left much of the window behind it: `_jumped`)."""
         near = self.prompt_for(doc, text, cursor, cap=GROW_SLACK, header=header)
         body = near.body_end - near.window_start
-        if body >= min(MIN_CONTEXT, near.body_end) and (
-                body + JUMP_TOKENS >= self._held.get(doc, 0) or near.window_start <= self.full_window_start(doc, cursor)):
+        if body >= min(MIN_CONTEXT, near.body_end) and not self._jumped(doc, near):
             return near
-        # (a cursor that jumped up inside the window kept what of it was above: 270-815 tokens
-        # on 5 of 48 jumps, edit similarity 0.42 lower than the whole window's; replay 2026-12-05)
         # cold or far moved: the tokens nearest the cursor, without the project context (it comes
         # back with the window, in idle time), after the file's lines most like the cursor's (`far`)
         cap = self.config.request_cap + CAP_SLACK
@@ -279,6 +288,16 @@ class Engine:
         if far:
             self._far[doc] = far
         return self.prompt_for(doc, text, cursor, header=far, start=pr.window_start) if far else pr
+
+    def _jumped(self, doc: str, near: Prompt) -> bool:
+        """The cursor moved up inside the window (the text after it grew by JUMP_CHARS or
+        more) and left more than JUMP_TOKENS of the window behind: answered from what is
+        left above it, 5 of 48 jumps read 270-815 tokens and their edit similarity was 0.42
+        below the whole window's (replay, 2026-12-05).  A deletion before the cursor or
+        keystrokes leave the text after it as it was: a keystroke never pays for a window."""
+        held = self._held.get(doc)
+        return (held is not None and near.body_end - near.window_start + JUMP_TOKENS < held.body
+                and len(near.suffix) >= held.tail + JUMP_CHARS)
 
     def full_window_start(self, doc: str, cursor: int) -> int:
         tt = self.texts[doc]
@@ -296,19 +315,21 @@ class Engine:
         cancel stops it only where nothing the cache held is lost: between chunks (FRONT_CHUNK, ~70-100 ms),
         the work done kept for the next call.  `SyncStats.more`: call again."""
         cache = self.caches.get(doc)
-        if not cache.tokens and self.config.latency_budget_ms > 0:
+        held = self._held.get(doc)
+        if held is None and self.config.latency_budget_ms > 0:
             pr = self.prompt_for(doc, text, cursor, cap=self.config.request_cap + CAP_SLACK, header="")
+            self._far.pop(doc, None)
         else:
             pr = self.prompt_for(doc, text, cursor, header=self.headers.current(doc) if self.headers is not None else "")
         if cancel is not None and cancel.is_set():
             raise Cancelled()
-        body = pr.body_end - pr.window_start
-        rebuild = bool(cache.tokens) and (doc in self._far or self._held.get(doc, 0) + GROW_SLACK < body
-                                          or sync_cost(cache.tokens, pr.tokens) > REBUILD_TOKENS)
-        st = self._sync(doc, pr, None, cancel_front=cancel, rebuild=rebuild)
+        rebuild = held is not None and (doc in self._far or held.short
+                                        or sync_cost(cache.tokens, pr.tokens) > REBUILD_TOKENS)
+        short = pr.window_start > self.full_window_start(doc, cursor)
+        st = self._sync(doc, pr, None, cancel_front=cancel, rebuild=rebuild, short=short)
         if rebuild:
             self._far.pop(doc, None)
-        st.more = pr.window_start > self.full_window_start(doc, cursor) or self._project_header_pending(doc)
+        st.more = short or self._project_header_pending(doc)
         log.debug("prepare %s: %s, %d computed, %d moved, %.0f ms, prompt %d tokens%s", doc, st.mode,
                   st.computed, st.moved, st.ms, len(pr.tokens), ", more" if st.more else "")
         return st
@@ -318,10 +339,11 @@ class Engine:
         return self.headers is not None and self._synced_header.get(doc, "") != self.headers.current(doc)
 
     def _sync(self, doc: str, pr: Prompt, cancel: threading.Event | None, with_tail: bool = False,
-              cancel_front: threading.Event | None = None, rebuild: bool = False) -> SyncStats:
+              cancel_front: threading.Event | None = None, rebuild: bool = False, short: bool = False) -> SyncStats:
         """Sync the cache to the prompt (all but its last token); `with_tail`: a request
         follows, so the last token rides along in the sync's forward when it runs one;
-        `rebuild`: encode it anew (`DocCache.rebuild`, cancelled by `cancel_front`)."""
+        `rebuild`: encode it anew (`DocCache.rebuild`, cancelled by `cancel_front`);
+        `short`: the prompt starts later than the full window."""
         cache = self.caches.get(doc)
         extra = self.config.max_tokens * self.config.k + 1
         if rebuild:
@@ -330,9 +352,15 @@ class Engine:
             st = cache.sync(pr.tokens[:-1], mode="pie" if self.config.pie else "full", cancel=cancel, extra=extra,
                             tail=pr.tokens[-1] if with_tail else None, cancel_front=cancel_front)
         self._synced_header[doc] = pr.header
-        self._held[doc] = pr.body_end - pr.window_start
-        self.caches.enforce(keep=doc)
+        self._held[doc] = Held(pr.body_end - pr.window_start, len(pr.suffix), short)
+        for gone in self.caches.enforce(keep=doc):
+            self._forget_cache(gone)
         return st
+
+    def _forget_cache(self, doc: str) -> None:
+        """What the engine knew of a document's cache, once it is evicted or freed."""
+        for table in (self._held, self._far, self._synced_header):
+            table.pop(doc, None)
 
     def needs_refresh(self, doc: str) -> bool:
         """Staleness past the bound: the scheduler re-encodes in the background now."""
@@ -372,7 +400,7 @@ class Engine:
         if guides is None and self.guide_factory is not None and cfg.monitors:
             guides = self.guide_factory(doc, pr, context or DocContext())  # starts the cursor's jedi query: it runs during the sync
         t1 = time.perf_counter()
-        st = self._sync(doc, pr, cancel, with_tail=True)
+        st = self._sync(doc, pr, cancel, with_tail=True, short=short)
         t2 = time.perf_counter()
         ng = self.ngram if cfg.ngram_weight > 0 else None
         if ng is not None:  # other documents' pending edits; this one's tokens as they are
@@ -485,7 +513,7 @@ class Engine:
         if e is None or (abs(e.prompt_len - len(pr.tokens)) <= PROMPT_DRIFT and not refreshed):
             return None
         if self.prompt_for(doc, text, cursor, cap=GROW_SLACK).window_start > pr.window_start:
-            return None  # the cache does not hold this window (yet): `prepare` grows it first
+            return None  # the cache does not hold this window (yet): `prepare` encodes it first
         return self.complete(doc, text, cursor, cancel=cancel, context=context)
 
     def _keep_ahead(self, doc: str, pr: Prompt, outs: list[DraftOut], raws: list[Draft], trim,

@@ -8,8 +8,8 @@ sibling function.  So the short window gets a small header of the file's snippet
 above it that are most similar to the text around the cursor (Jaccard over identifier
 sets, `completion.context.select`, as for project context), plus the signatures of what
 the cursor's lines use that the file defines above the window; the header goes first and
-the window after it.  When `Engine.prepare` has grown the window back to the full one, the
-header is dropped (a PIE splice: the grown window holds those lines itself).
+the window after it.  When `Engine.prepare` encodes the full window in idle time, the
+header is dropped (the full window holds those lines itself).
 """
 
 from __future__ import annotations

@@ -36,11 +36,11 @@ CHUNK = 256  # prefill chunk: bounds the latency of one uninterruptible forward
 # 256 ~550 ms before, measured as queueing delay in bench/latency.py)
 REFRESH_CHUNK = 32
 MOVE_CHUNK = 128  # slots per piece of a PIE move (see DocCache._apply)
-# chunk of a front encoded apart before a sync changes the cache (`DocCache._encode_front`):
-# a request waits for the chunk in flight.  A window grown back from 832 tokens to 2k in steps
-# of 192 tokens took 757-768 ms in chunks of 192 (91 ms each), 835-897 in chunks of 96 (58
-# ms); in steps of 384, 725-753 ms in chunks of 128 (71 ms each), 665-683 in chunks of 192
-# (three runs each, 2026-12-05, default model, 2 threads)
+# chunk of a front encoded apart before a sync changes the cache (`DocCache._encode_front`,
+# `rebuild`): a request waits for the chunk in flight.  Measured when a window was still grown
+# back at its front, 832 tokens to 2k: in steps of 192 tokens 757-768 ms in chunks of 192 (91
+# ms each), 835-897 in chunks of 96 (58 ms); in steps of 384, 725-753 ms in chunks of 128 (71
+# ms each), 665-683 in chunks of 192 (three runs each, 2026-12-05, default model, 2 threads)
 FRONT_CHUNK = 128
 
 
@@ -263,7 +263,7 @@ class DocCache:
         the tokens in front of the kept ones (a window grown at its front) are encoded
         apart, in chunks of FRONT_CHUNK, before anything moves (the cache is then left as
         it was and the work done kept for the next sync), or between chunks when the cache
-        was empty.  Not otherwise in "full" mode or for a rope that cannot shift (they
+        holds a prefix of `new` (empty, or a cancelled prefill's).  Not otherwise in "full" mode or for a rope that cannot shift (they
         re-encode from the start: a cancel would drop the window held).  Idle-time work passes it
         (`Engine.prepare`).
         `tail`: the token a decode will feed next (the prompt's last); when the sync runs a
@@ -277,7 +277,7 @@ class DocCache:
                 return SyncStats("noop", kept=len(new), stale=self.stale)
             self.reserve(len(new) + extra + (tail is not None))
             tl = (tail, len(new)) if tail is not None else None
-            if not old:  # nothing cached: a cancel between chunks leaves a prefix of `new`
+            if new[:len(old)] == old and (not old or mode != "full"):  # a cancel between chunks leaves a prefix of `new`
                 cancel = cancel or cancel_front
             if mode == "full":
                 return self._recompute_from(0, new, t0, "full", cancel, tl)

@@ -17,8 +17,8 @@ class _WeightOnlyLinear:
     The dequantized weights are kept after their first use (`_bf16`): dequantizing all the
     projections again for every forward of more than GEMV_ROWS rows cost ~100 ms per
     forward here, whatever its size (a 79-row forward: 177 vs 72 ms, 128 rows at the start
-    of a window 174 vs 69, 256 rows 229 vs 135), which is what a cold open's chunks, an
-    idle-time step that grows a window and a project-context header change pay.  The price
+    of a window 174 vs 69, 256 rows 229 vs 135), which is what a cold open's chunks, the
+    idle-time encoding of a whole window and a project-context header change pay.  The price
     is the bf16 copy: 212 MB for the default model.
 
     Where the GEMM starts (`GEMV_ROWS`): at 32 rows once, measured before attention got its

@@ -5,11 +5,10 @@ window at its start) needs seconds of prefill on this CPU: a 2k-token window cos
 and the request waited for all of it (issue 14: ~15 s to the first answer in a newly opened
 file).  The tokens nearest the cursor matter most, and PIE can splice the rest in later:
 a request encodes at most `cap` tokens, so its prompt starts as late as it must (a *short
-window*: the full window's end, a later start), and `Engine.prepare` grows the window
-back to the full one in the background, a step at a time, each step a gap at the front of
-the cached prompt (the new tokens attend only to each other: one step of 128 tokens costs
-~0.15 s at any context length; the cached tokens behind it move and are re-rotated, and
-are re-encoded exactly when the editor is idle, as after any edit).
+window*: the full window's end, a later start), and `Engine.prepare` encodes the full
+window anew in the background (`DocCache.rebuild`: apart, cancellable between chunks,
+exact; growing it at its front left every cached token stale, and their exact refresh
+took longer than the whole window: bench/idle.py).
 
 Measured on this machine (2026-12-05, default model): 256 tokens at the start of a window
 encode in ~0.11 s, 256 more behind 1k cached ones in ~0.18 s, behind 1.5k in ~0.23 s

@@ -50,7 +50,7 @@ class Settings:
     # is encoded in idle time): the first answer after opening waits for them
     request_cap: int = 832  # (completion.engine.EngineConfig: why 832)
     # tokens of the file's own lines from above such a short window, most like the
-    # cursor's, put before it until the window is grown (completion.far; 0 = off)
+    # cursor's, put before it until idle time has the whole window (completion.far; 0 = off)
     far_tokens: int = 256
     # the greedy draft's next tokens guessed per forward and checked by it (0 = off;
     # completion.lookup: bench/speculate.py)

@@ -3,7 +3,7 @@
 On a module of jedi (installed with draftline), the document ending at the start of a line
 in its second half, as while writing it:
   1. the first answer in the newly opened file (the tokens nearest the cursor first),
-  2. the window grown to its full size in idle time (as the server does between keystrokes),
+  2. the whole window encoded in idle time (as the server does between keystrokes),
   3. an edit ~60 lines above the cursor, answered from the patched cache (PIE) at the same
      cursor, beside a re-encode of the very same prompt, both timed here,
   4. three characters typed along the first draft: answered from the drafts, no model run.

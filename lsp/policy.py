@@ -6,10 +6,9 @@ an edit the document's cache is synced once the editor has been quiet for `debou
 (`prepare`, for the cursor of the last edit, or of the last request when the edit was
 above it); a document that is not the active one is synced as `prefill`, after the
 active one's work.  A cold document, or a cursor whose window the cache barely covers,
-was answered from a short window: `prepare` then grows it back a step at a time (each
-step queued when the last one ends, so a request slips in between steps).  Once the cache
-holds the full window, the stale part of it (keys moved by PIE, or encoded before the
-text in front of them) is re-encoded exactly when the editor has been idle for
+was answered from a short window: `prepare` then encodes the whole window anew, apart
+(a request stops it between chunks and it resumes after).  Once the cache holds the full
+window, the stale part of it (keys moved by PIE) is re-encoded exactly when the editor has been idle for
 `idleRefreshMs`, or 250 ms after the last answer when more than `staleLimit` tokens are
 stale; a request for one document pushes the other documents' refreshes back to idle
 time.  Right after an answer, its drafts are continued (`ahead`) while the user reads

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 # work of other documents; a running background job is cancelled when a request arrives
 # (it stops within one prefill chunk and is redone by the request itself if needed).
 # "ahead" continues the drafts of the answer just given (completion.ahead); "prepare" syncs
-# the active document's cache (and grows its short window back), "prefill" the same for
+# the active document's cache (and encodes its short window's whole window), "prefill" the same for
 # documents the user is not in.
 PRIORITY = {"load": 0, "complete": 1, "other": 1, "ahead": 2, "header": 2.5, "prepare": 3, "prefill": 3.5,
             "refresh": 4}

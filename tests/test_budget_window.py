@@ -4,11 +4,10 @@ cold or far-moved cursor made whole in idle time, answers ahead of the user."""
 from __future__ import annotations
 
 import dataclasses
-import threading
 
 import pytest
 import torch
-from conftest import engine_without_clock, stdlib_source
+from conftest import ForwardCounter, engine_without_clock, stdlib_source
 from draftline.completion.kvcache import Cancelled
 
 BODY = "import os\n\n\ndef join_all(parts):\n    out = []\n    for p in parts:\n"
@@ -86,6 +85,41 @@ def test_a_cursor_that_jumped_up_inside_the_window_does_not_answer_from_what_was
     typed = text[:up] + "d" + text[up:]
     res = eng.complete(doc, typed, up + 1)
     assert res.tokens["computed"] <= 8
+
+
+def test_a_mid_sized_edit_stays_a_splice_and_a_deletion_before_the_cursor_is_no_jump(tiny):
+    """An insertion of ~200 tokens above the cursor into the whole window is spliced in
+    (PIE) in idle time, not encoded anew.  Deleting it again leaves the cursor's window
+    shorter than the cache's last one, as a jump up does, but the text after the cursor is
+    the same: the request answers from the window the cache holds (nothing to encode)."""
+    eng = engine(tiny, k=1, max_tokens=2, request_cap=256, far_tokens=0)
+    text, _ = _textwrap_and_far_edits()
+    doc = "file:///del.py"
+    eng.complete(doc, text, len(text))
+    while eng.prepare(doc, text, len(text)).more:
+        pass
+    cut = text.rindex("\n", 0, len(text) - 1200) + 1
+    block = text[cut - 800:cut]  # ~25 lines
+    pasted = text[:cut] + block + text[cut:]
+    st = eng.prepare(doc, pasted, len(pasted))
+    assert st.mode == "pie" and 128 < st.computed < 384
+    res = eng.complete(doc, text, len(text))  # deleted again
+    assert res.tokens["computed"] <= 8 and res.tokens["prompt"] < len(eng.prompt_for(doc, text, len(text)).tokens)
+
+
+def test_after_the_caches_are_freed_idle_time_starts_over_without_the_old_header(tiny):
+    """`release_memory` (after a MemoryError) drops every cache: what the engine knew of them
+    goes too, so idle time encodes the cursor's capped window first and the next request
+    answers from it, instead of asking for the short window's old header the cache lacks."""
+    eng = engine(tiny, k=1, max_tokens=2, request_cap=320, far_tokens=160)
+    src = stdlib_source("textwrap.py")[:9000]
+    doc = "file:///freed.py"
+    assert eng.complete(doc, src, len(src)).short_window and eng.header_ids(doc, None)
+    eng.release_memory()
+    assert eng.header_ids(doc, None) == []
+    assert eng.prepare(doc, src, len(src)).more
+    typed = src + "x"
+    assert eng.complete(doc, typed, len(typed)).tokens["computed"] <= 8
 
 
 # -- the first line first --------------------------------------------------------------------------
@@ -217,7 +251,7 @@ def test_a_short_window_answer_is_answered_again_once_the_window_grew_back(defau
             eng = engine(default_model, request_cap=256, latency_budget_ms=600_000)
             first = eng.complete("file:///o.py", text, len(text), trim=trim)
             assert first.short_window
-            while eng.prepare("file:///o.py", text, len(text)).more:  # idle time: grow it back
+            while eng.prepare("file:///o.py", text, len(text)).more:  # idle time: the whole window
                 pass
             eng.refresh("file:///o.py")
             if again:
@@ -265,11 +299,9 @@ def test_no_reanswer_where_nothing_was_asked_or_the_window_is_short(tiny):
     src = stdlib_source("textwrap.py")[:6000]
     assert eng.reanswer("file:///n.py", src, len(src)) is None  # unknown document
     eng.complete("file:///n.py", src, len(src))  # a short window
-    assert eng.reanswer("file:///n.py", src, len(src)) is None  # not grown back yet: nothing to do
-    ev = threading.Event()
-    ev.set()
-    with pytest.raises(Cancelled):
-        eng.prepare("file:///n.py", src, len(src), ev)  # a request came at once: nothing changed
+    assert eng.reanswer("file:///n.py", src, len(src)) is None  # not whole yet: nothing to do
+    with ForwardCounter(tiny.net, trigger=2) as fc, pytest.raises(Cancelled):
+        eng.prepare("file:///n.py", src, len(src), fc.cancel)  # a request came mid-way: nothing changed
     assert eng.reanswer("file:///n.py", src, len(src)) is None
     while eng.prepare("file:///n.py", src, len(src)).more:
         pass

@@ -67,7 +67,7 @@ def engine(lm, **kw):
     return engine_without_clock(lm, **{"k": 1, "max_tokens": 2, "request_cap": 96, **kw})
 
 
-def test_a_short_window_reads_the_header_until_it_is_grown_back(tiny):
+def test_a_short_window_reads_the_header_until_idle_time_has_the_whole_window(tiny):
     src = stdlib_source("textwrap.py")[:9000]
     eng = engine(tiny, far_tokens=160, request_cap=320)
     res = eng.complete(DOC, src, len(src))
@@ -82,7 +82,7 @@ def test_a_short_window_reads_the_header_until_it_is_grown_back(tiny):
     typed = src + "x"
     assert eng.complete(DOC, typed, len(typed)).tokens["computed"] <= 8
     assert eng.cache_of(DOC).tokens[:len(header)] == header
-    while eng.prepare(DOC, typed, len(typed)).more:  # idle time: grown back, the header dropped
+    while eng.prepare(DOC, typed, len(typed)).more:  # idle time: the whole window, the header dropped
         pass
     assert eng.header_ids(DOC, None) == []
     ref = engine(tiny, latency_budget_ms=0)  # no budget: the whole window at once, no header

@@ -232,7 +232,7 @@ def test_the_tail_comes_with_a_sync_whose_only_gap_is_a_front(tiny):
 
 
 def test_a_rebuild_is_exact_and_a_cancel_leaves_the_cache_as_it_was(tiny):
-    """`rebuild` (a short window grown back in idle time) encodes the new prompt apart:
+    """`rebuild` (a short window made whole in idle time) encodes the new prompt apart:
     a request arriving mid-way stops it between chunks with the cache still holding the
     window it answered from, the next call resumes from the chunks done, and the result is
     a fresh encode's K/V, not PIE's stale ones."""

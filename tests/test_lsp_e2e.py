@@ -198,7 +198,7 @@ def test_an_open_answered_from_a_short_window_is_answered_again_in_idle_time():
         assert first["result"]["items"]
         rec = s.result("draftline/status", {"recent": 1})["recent"][-1]
         assert rec["tokens"]["window"] == "short"
-        # idle time, all of it: grown back, re-answered, refreshed exactly (and re-answered
+        # idle time, all of it: the whole window, re-answered, refreshed exactly (and re-answered
         # again if the first re-answer read the stale grown cache: with the short window's
         # header (`farTokens`) that one ran to `maxTokens` here, so it was not checkable)
         seen: list[tuple] = []
