@@ -62,18 +62,24 @@ def test_a_warm_request_never_pays_to_grow_a_short_window(tiny):
     assert res.short_window and res.tokens["computed"] <= 8
 
 
+def _whole_window(lm, doc: str):
+    """An engine whose cache holds the whole window at the end of `_textwrap_and_far_edits`'
+    text (a cold request, then idle time), and that text."""
+    eng = engine(lm, k=1, max_tokens=2, request_cap=256, far_tokens=0)
+    text, _ = _textwrap_and_far_edits()
+    eng.complete(doc, text, len(text))
+    while eng.prepare(doc, text, len(text)).more:
+        pass
+    return eng, text
+
+
 def test_a_cursor_that_jumped_up_inside_the_window_does_not_answer_from_what_was_above_it(tiny):
     """A jump up leaves the cache the window above the new cursor: the request encodes up to
     its cap more in front of it instead of answering from that remnant, and a keystroke
     after that costs nothing again."""
     from draftline.completion.engine import GROW_SLACK, MIN_CONTEXT
 
-    eng = engine(tiny, k=1, max_tokens=2, request_cap=256, far_tokens=0)
-    text, _ = _textwrap_and_far_edits()
-    doc = "file:///j.py"
-    eng.complete(doc, text, len(text))
-    while eng.prepare(doc, text, len(text)).more:
-        pass
+    eng, text = _whole_window(tiny, doc := "file:///j.py")
     up = len(text)
     for _ in range(30):  # 30 lines up
         up = text.rindex("\n", 0, up - 1) + 1
@@ -92,12 +98,7 @@ def test_a_mid_sized_edit_stays_a_splice_and_a_deletion_before_the_cursor_is_no_
     (PIE) in idle time, not encoded anew.  Deleting it again leaves the cursor's window
     shorter than the cache's last one, as a jump up does, but the text after the cursor is
     the same: the request answers from the window the cache holds (nothing to encode)."""
-    eng = engine(tiny, k=1, max_tokens=2, request_cap=256, far_tokens=0)
-    text, _ = _textwrap_and_far_edits()
-    doc = "file:///del.py"
-    eng.complete(doc, text, len(text))
-    while eng.prepare(doc, text, len(text)).more:
-        pass
+    eng, text = _whole_window(tiny, doc := "file:///del.py")
     cut = text.rindex("\n", 0, len(text) - 1200) + 1
     block = text[cut - 800:cut]  # ~25 lines
     pasted = text[:cut] + block + text[cut:]
