@@ -428,7 +428,9 @@ class DocCache:
                 raise Cancelled()
             j = min(n, i + chunk)
             self.net.forward(torch.tensor(ids[i:j], dtype=torch.long), torch.arange(i, j), k, v, i,
-                             logits_rows=None)
+                             logits_rows=None, stop=cancel)  # (a cancel stops it within a layer)
+            if cancel is not None and cancel.is_set():
+                continue  # the chunk is redone by the call that resumes
             i = j
         return k, v
 

@@ -12,6 +12,7 @@ token at position i of the document prompt (PIE keeps it that way), draft tokens
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -263,6 +264,7 @@ class Transformer:
         mask: torch.Tensor | None = None,
         logits_rows: slice | torch.Tensor | None = slice(-1, None),
         slots: torch.Tensor | None = None,
+        stop: threading.Event | None = None,
     ) -> torch.Tensor | None:
         """Run T inputs written at cache slots [start, start+T).
 
@@ -273,6 +275,10 @@ class Transformer:
         attention then covers [0, slots[-1]] and row r sees the slots up to slots[r] (the
         tokens of an edit in mid-file and the prompt's last token in one forward).
         Returns logits (fp32) for `logits_rows` of the T outputs, or None if it is None.
+        `stop`: once set, the forward returns None after the layer in flight, its slots
+        written for some layers only (for work in scratch tensors that is redone: a request
+        waited 82 ms p50, up to 129, for a 128-token chunk of the idle-time rebuild to end;
+        replay 2026-12-05 15:58).
         """
         cfg = self.cfg
         h = self.embed_tokens(x) if x.dtype == torch.long else x.to(self.dtype)
@@ -304,6 +310,8 @@ class Transformer:
         # runs in fp32 as before, the residual adds promote to fp32.  Bitwise the same logits;
         # 17.3 vs 17.5 ms per decode step at 2k (medians of 40, the two forwards alternating).
         for li, L in enumerate(self.layers):
+            if stop is not None and stop.is_set():
+                return None
             kc, vc = k_cache[li], v_cache[li]
             a = rms_norm(h, L.attn_norm, cfg.norm_eps)
             qkv = L.wqkv(a, native=True)
