@@ -211,9 +211,7 @@ class Engine:
         self.texts.pop(doc, None)
         self.bases.pop(doc, None)
         self._header_ids.pop(doc, None)
-        self._synced_header.pop(doc, None)
-        self._held.pop(doc, None)
-        self._far.pop(doc, None)
+        self._forget_cache(doc)
         if self.headers is not None:
             self.headers.drop(doc)
         self.caches.drop(doc)
@@ -225,8 +223,7 @@ class Engine:
         import gc
 
         freed = self.caches.clear()
-        for doc in set(self._held) | set(self._far) | set(self._synced_header):
-            self._forget_cache(doc)
+        self._forget_cache(None)
         gc.collect()
         return freed
 
@@ -312,8 +309,8 @@ class Engine:
         (`DocCache.rebuild`), its short-window header (`completion.far`) gone.  Nothing
         cached yet (a document opened and not asked about): first the `request_cap` tokens
         nearest the cursor, as a request would, so one arriving meanwhile finds them.  A
-        cancel stops it only where nothing the cache held is lost: between chunks (FRONT_CHUNK, ~70-100 ms),
-        the work done kept for the next call.  `SyncStats.more`: call again."""
+        cancel stops it only where nothing the cache held is lost (within a layer of a
+        rebuild, the chunks done kept for the next call).  `SyncStats.more`: call again."""
         cache = self.caches.get(doc)
         held = self._held.get(doc)
         if held is None and self.config.latency_budget_ms > 0:
@@ -357,10 +354,14 @@ class Engine:
             self._forget_cache(gone)
         return st
 
-    def _forget_cache(self, doc: str) -> None:
-        """What the engine knew of a document's cache, once it is evicted or freed."""
+    def _forget_cache(self, doc: str | None) -> None:
+        """What the engine knew of a document's cache (None: of every one), once it is
+        closed, evicted or freed."""
         for table in (self._held, self._far, self._synced_header):
-            table.pop(doc, None)
+            if doc is None:
+                table.clear()
+            else:
+                table.pop(doc, None)
 
     def needs_refresh(self, doc: str) -> bool:
         """Staleness past the bound: the scheduler re-encodes in the background now."""

@@ -330,7 +330,7 @@ class DocCache:
             gaps.append((pos, len(new)))
         front = None
         if blocks and gaps and gaps[0][0] == 0 and ((cancel or cancel_front) is not None or self._front is not None):
-            front = self._encode_front(new[:gaps[0][1]], cancel or cancel_front,
+            front, _ = self._encode_front(new[:gaps[0][1]], cancel or cancel_front,
                                        FRONT_CHUNK if cancel_front is not None else CHUNK)
         # 1) move surviving runs: left moves ascending, then right moves descending (no
         #    move overwrites a source that has not been read yet; see module doc)
@@ -399,11 +399,11 @@ class DocCache:
                          stale=self.stale, tail_logits=logits)
 
     def _encode_front(self, ids: list[int], cancel: threading.Event | None,
-                      chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """K/V of the tokens `ids` at slots/positions [0, len(ids)) attending only to each
-        other, in scratch tensors, in chunks with a cancel check before each.  A cancel
-        keeps what is done (`_front`): the next sync whose front starts with those tokens
-        resumes there.  Why: a window encoded anew in idle time (`rebuild`), or a front
+                      chunk: int) -> tuple[tuple[torch.Tensor, torch.Tensor], int]:
+        """((K, V), tokens resumed): K/V of the tokens `ids` at slots/positions [0,
+        len(ids)) attending only to each other, in scratch tensors, in chunks; a cancel
+        stops the chunk in flight within a layer and keeps the chunks done (`_front`): the
+        next call whose tokens start with those resumes there.  Why: a window encoded anew in idle time (`rebuild`), or a front
         a request's sync adds, encoded in place could not stop (the cache would lose the
         window it held), and the replay's edit-far requests queued 63-150 ms behind such
         work (2026-12-05 08:40)."""
@@ -432,29 +432,24 @@ class DocCache:
             if cancel is not None and cancel.is_set():
                 continue  # the chunk is redone by the call that resumes
             i = j
-        return k, v
+        return (k, v), done
 
     def rebuild(self, new: list[int], cancel: threading.Event | None = None, extra: int = 0) -> SyncStats:
         """Make the cache hold `new` encoded from scratch, exactly: apart, in chunks of
-        FRONT_CHUNK with a cancel check before each (`_encode_front`: a cancel leaves the
-        cache as it was and keeps the work for the next call), then put in place.
+        FRONT_CHUNK (`_encode_front`: a cancel leaves the cache as it was and keeps the
+        chunks done for the next call), then put in place.
 
         Why: a short window grown back at its front (a gap the new tokens fill attending
         only to each other) leaves every token it held computed without that front, and the
-        exact refresh of those took longer than encoding the whole window again: ~0.7 s of
-        growth then ~2-3 s of refresh, against ~1.8 s here for 2k tokens (2026-12-05).
-        Meanwhile the cache keeps the short window it answered from, exact."""
+        exact refresh of those took longer than encoding the whole window again
+        (bench/idle.py, 8 files: exact after 1580 vs 2678 ms p50, 2026-12-05).
+        Meanwhile the cache keeps the window it answered from."""
         t0 = time.perf_counter()
         with self.lock:
             old = self.tokens
             if old == new and self.exact == len(new):
                 return SyncStats("noop", kept=len(new), stale=0)
-            f = self._front
-            resumed = 0
-            if f is not None:
-                while resumed < min(len(f[0]), len(new)) and f[0][resumed] == new[resumed]:
-                    resumed += 1
-            k, v = self._encode_front(new, cancel, FRONT_CHUNK)
+            (k, v), resumed = self._encode_front(new, cancel, FRONT_CHUNK)
             n = len(new)
             self.reserve(n + extra)
             self.k[:, :, :n] = k[:, :, :n]

@@ -81,12 +81,12 @@ def run(model: str | None = None, out=sys.stdout) -> int:
     t0 = time.perf_counter()
     while eng.prepare(doc, text, cursor).more:
         pass
-    grown = time.perf_counter() - t0
+    whole = time.perf_counter() - t0
     t0 = time.perf_counter()
     again = eng.reanswer(doc, text, cursor)  # the place answered again from the whole window
     again_ms = (time.perf_counter() - t0) * 1000
     say(f"\n2. idle time: the whole window ({len(eng.cache_of(doc).tokens)} tokens) encoded exactly in "
-        f"{grown * 1000:.0f} ms, the place answered again from it "
+        f"{whole * 1000:.0f} ms, the place answered again from it "
         + (f"in {again_ms:.0f} ms" if again is not None else "(not needed)"))
     # 3. an edit far above the cursor, then the same cursor again
     at = max(0, ln - 60)
